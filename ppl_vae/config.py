@@ -1,0 +1,93 @@
+"""Training configuration: everything needed to rebuild a run, saved in every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+__all__ = ["TrainConfig"]
+
+
+def _int_tuple(value, name) -> tuple[int, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    try:
+        out = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a comma-separated list of integers, got {value!r}")
+    if not out or any(v < 1 for v in out):
+        raise ConfigError(f"{name} must be one or more positive integers, got {value!r}")
+    return out
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a run. ``latent_dims`` has one entry per stochastic layer.
+
+    ``hidden`` is the encoder's hidden widths (x -> hidden -> z); the decoder mirrors it.
+    ``kl_warmup_epochs``: the weight beta on log p(z) - log q(z|x) grows linearly from ~0 to 1
+    over this many epochs (Sønderby et al. 2016; Bowman et al. 2016); 0 disables warm-up.
+    """
+
+    data: str = "digits"
+    model: str = "vae"
+    guide: str = "bottom-up"
+    latent_dims: tuple[int, ...] = (2,)
+    hidden: tuple[int, ...] = (256, 256)
+    likelihood: str = "bernoulli"
+    min_scale: float = 1e-2
+    activation: str = "relu"
+    objective: str = "trace"
+    particles: int = 1
+    lr: float = 1e-3
+    batch_size: int = 16
+    epochs: int = 30
+    seed: int = 0
+    kl_warmup_epochs: int = 0
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.latent_dims = _int_tuple(self.latent_dims, "latent_dims")
+        self.hidden = _int_tuple(self.hidden, "hidden")
+        for name in ("particles", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("epochs", "kl_warmup_epochs", "seed"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not float(self.lr) > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        self.particles, self.batch_size = int(self.particles), int(self.batch_size)
+        self.epochs, self.seed = int(self.epochs), int(self.seed)
+        self.kl_warmup_epochs, self.lr = int(self.kl_warmup_epochs), float(self.lr)
+        self.data = str(self.data)
+
+    def likelihood_spec(self) -> dict:
+        spec = {"name": self.likelihood}
+        if self.likelihood == "gaussian":
+            spec["min_scale"] = self.min_scale
+        return spec
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["latent_dims"], d["hidden"] = list(self.latent_dims), list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}")
+        return cls(**d)
+
+    # Fields that change the architecture or the meaning of the parameters: a checkpoint can only
+    # be resumed under a config that agrees on all of these.
+    ARCHITECTURE = ("data", "model", "guide", "latent_dims", "hidden", "likelihood", "min_scale",
+                    "activation")
+
+    def differences(self, other: "TrainConfig", ignore=("epochs",)) -> dict:
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}

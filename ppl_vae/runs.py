@@ -1,0 +1,63 @@
+"""Load a trained run (a directory written by ``ppl-vae train``) back into Python."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .builders import build_model_and_guide
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .data import Dataset, load_dataset
+from .errors import CheckpointError, PplVaeError
+
+__all__ = ["Run", "load_run"]
+
+
+@dataclass
+class Run:
+    """A trained model/guide pair with its config; ``split(name)`` gives evaluation data."""
+
+    model: torch.nn.Module
+    guide: torch.nn.Module
+    config: TrainConfig
+    run_dir: Path
+    checkpoint: dict = field(repr=False)
+    _dataset: Dataset | None = field(default=None, repr=False)
+
+    @property
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            self._dataset = load_dataset(self.config.data, likelihood=self.config.likelihood_spec())
+        return self._dataset
+
+    def split(self, name: str = "test") -> torch.Tensor:
+        """The split as the likelihood sees it at evaluation (statically binarized if needed)."""
+        return self.dataset.split_for(name, getattr(self.model, "likelihood", None))
+
+
+def load_run(run_dir, map_location="cpu", dataset: Dataset | None = None) -> Run:
+    """Rebuild model and guide from ``run_dir/checkpoint.pt`` alone (no other flags needed)."""
+    from .training import CHECKPOINT_NAME, load_state
+
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT_NAME if run_dir.is_dir() else run_dir
+    payload = load_checkpoint(path, map_location=map_location)
+    try:
+        config = TrainConfig.from_dict(payload["config"])
+    except (PplVaeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: its config cannot be read ({exc})") from exc
+    x_dim = _x_dim(payload) if dataset is None else dataset.x_dim
+    model, guide = build_model_and_guide(config, x_dim)
+    load_state(model, guide, payload, str(path))
+    model.eval(), guide.eval()
+    return Run(model, guide, config, path.parent, payload, dataset)
+
+
+def _x_dim(payload) -> int:
+    x_dim = payload.get("x_dim")
+    if x_dim is None:
+        raise CheckpointError("checkpoint does not record the data dimension (x_dim)")
+    return int(x_dim)
