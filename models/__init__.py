@@ -7,13 +7,18 @@ from .likelihoods import (
     Likelihood,
     make_likelihood,
 )
+from .hierarchical import GaussianConditional, HierarchicalVAE
+from .sbn import SigmoidBeliefNetwork
 from .vae import VAEModel
 
 __all__ = [
     "LIKELIHOODS",
     "BernoulliLikelihood",
+    "GaussianConditional",
     "GaussianLikelihood",
+    "HierarchicalVAE",
     "Likelihood",
+    "SigmoidBeliefNetwork",
     "VAEModel",
     "make_likelihood",
 ]

@@ -26,8 +26,17 @@ from .objectives import (  # noqa: E402
     make_objective,
     register_objective,
 )
+from . import estimators  # noqa: E402,F401  (registers the gradient estimators)
 from .plates import data_plate  # noqa: E402
 from .svi import SVI  # noqa: E402
+from .config import TrainConfig  # noqa: E402
+from .data import Dataset, load_dataset  # noqa: E402
+from .builders import build_model_and_guide, register_model_family  # noqa: E402
+from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from .training import TrainResult, estimate_elbo, train  # noqa: E402
+from .runs import Run, load_run  # noqa: E402
+from .generate import encode, impute, interpolate, reconstruct, sample_images  # noqa: E402
+from .handlers import ScaleLatents  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -41,6 +50,24 @@ __all__ = [
     "TrainingDivergedError",
     "available_objectives",
     "data_plate",
+    "TrainConfig",
+    "Dataset",
+    "load_dataset",
+    "build_model_and_guide",
+    "register_model_family",
+    "load_checkpoint",
+    "save_checkpoint",
+    "TrainResult",
+    "estimate_elbo",
+    "train",
+    "Run",
+    "load_run",
+    "encode",
+    "impute",
+    "interpolate",
+    "reconstruct",
+    "sample_images",
+    "ScaleLatents",
     "guides",
     "make_objective",
     "models",

@@ -33,17 +33,46 @@ def build_model_and_guide(config: TrainConfig, x_dim: int):
     return MODEL_FAMILIES[config.model](config, int(x_dim))
 
 
+GUIDES = ("bottom-up", "top-down")
+
+
 @register_model_family("vae")
 def _vae(config: TrainConfig, x_dim: int):
-    from ppl_vae.guides import DiagonalNormalGuide
-    from ppl_vae.models import VAEModel
+    """The VAE of any depth L = len(latent_dims).
 
-    if len(config.latent_dims) != 1:
-        raise ConfigError("hierarchical latents (several --latent-dims) are not available yet")
-    if config.guide not in ("bottom-up",):
-        raise ConfigError(f"unknown guide {config.guide!r} for model 'vae'; choose 'bottom-up'")
-    (j,) = config.latent_dims
-    model = VAEModel(x_dim, j, tuple(reversed(config.hidden)), config.likelihood_spec(),
-                     config.activation)
-    guide = DiagonalNormalGuide(x_dim, j, config.hidden, config.activation)
+    L = 1 with the bottom-up guide: :class:`~ppl_vae.models.VAEModel` and
+    :class:`~ppl_vae.guides.DiagonalNormalGuide` (weights ``decoder.*``/``encoder.*``, site "z").
+    Otherwise :class:`~ppl_vae.models.HierarchicalVAE` (sites "z1".."zL") with
+    :class:`~ppl_vae.guides.BottomUpGuide` or :class:`~ppl_vae.guides.TopDownGuide`, in the MLP
+    architecture of Burda et al. (2016): ``hidden`` between x and z1, ``len(hidden)`` layers of
+    width dim(z_l) between z_l and z_{l+1}.
+    """
+    from ppl_vae.guides import BottomUpGuide, DiagonalNormalGuide, TopDownGuide
+    from ppl_vae.models import HierarchicalVAE, VAEModel
+
+    from .objectives import objective_spec
+
+    if config.guide not in GUIDES:
+        raise ConfigError(f"unknown guide {config.guide!r} for model 'vae'; choose one of "
+                          f"{', '.join(GUIDES)}")
+    depth = len(config.latent_dims)
+    if (depth > 1 and config.guide == "bottom-up"
+            and objective_spec(config.objective).name == "meanfield"):
+        raise ConfigError(
+            "objective 'meanfield' (analytic KL) is not valid for the bottom-up guide with "
+            f"{depth} stochastic layers: in the model z1 depends on z2, but the bottom-up guide "
+            "samples z2 from z1, so KL(q(z1|x) || p(z1|z2)) at the sampled z2 is a biased "
+            "term; use --guide top-down (same dependency order as the model) or --objective trace")
+    if depth == 1 and config.guide == "bottom-up":
+        (j,) = config.latent_dims
+        model = VAEModel(x_dim, j, tuple(reversed(config.hidden)), config.likelihood_spec(),
+                         config.activation)
+        guide = DiagonalNormalGuide(x_dim, j, config.hidden, config.activation)
+        return model, guide
+    model = HierarchicalVAE.mlp(x_dim, config.latent_dims, config.hidden,
+                                config.likelihood_spec(), config.activation)
+    if config.guide == "bottom-up":
+        guide = BottomUpGuide.mlp(x_dim, config.latent_dims, config.hidden, config.activation)
+    else:
+        guide = TopDownGuide.mlp(model, x_dim, config.hidden, config.activation)
     return model, guide

@@ -75,24 +75,29 @@ class ObjectiveSpec:
     """A registered objective: ``factory(num_particles, vectorize_particles, **options)``.
 
     ``takes_k``: the name may carry a particle count as a suffix (``iwae-5`` = ``iwae`` with K=5).
+    ``requires_reparam``: the estimator needs every latent guide site to be reparameterizable
+    (it gives wrong or no guide gradients for discrete latents, e.g. a sigmoid belief network).
     """
 
     name: str
     factory: Callable[..., Objective]
     description: str
     takes_k: bool = False
+    requires_reparam: bool = False
 
 
 _REGISTRY: dict[str, ObjectiveSpec] = {}
 
 
-def register_objective(name: str, description: str, takes_k: bool = False):
+def register_objective(
+    name: str, description: str, takes_k: bool = False, requires_reparam: bool = False
+):
     """Decorator registering ``factory(num_particles, vectorize_particles, **options)``."""
 
     def deco(factory):
         if name in _REGISTRY:
             raise ValueError(f"objective {name!r} is already registered")
-        _REGISTRY[name] = ObjectiveSpec(name, factory, description, takes_k)
+        _REGISTRY[name] = ObjectiveSpec(name, factory, description, takes_k, requires_reparam)
         return factory
 
     return deco
@@ -153,7 +158,9 @@ def _trace(num_particles, vectorize_particles, **_):
     return Objective("trace", pyro.infer.Trace_ELBO(**_elbo_kwargs(num_particles, vectorize_particles)))
 
 
-@register_objective("meanfield", "TraceMeanField_ELBO: analytic KL(q||p) where available")
+@register_objective(
+    "meanfield", "TraceMeanField_ELBO: analytic KL(q||p) where available", requires_reparam=True
+)
 def _meanfield(num_particles, vectorize_particles, **_):
     return Objective(
         "meanfield",
@@ -172,7 +179,10 @@ def _tracegraph(num_particles, vectorize_particles, **_):
 
 
 @register_objective(
-    "iwae", "RenyiELBO(alpha=0): importance-weighted bound L_K, K = particles", takes_k=True
+    "iwae",
+    "RenyiELBO(alpha=0): importance-weighted bound L_K, K = particles",
+    takes_k=True,
+    requires_reparam=True,
 )
 def _iwae(num_particles, vectorize_particles, **_):
     return Objective(

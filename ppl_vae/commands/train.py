@@ -60,4 +60,10 @@ def run(args) -> int:
         print(f"epoch {int(last.epoch)}: train ELBO {last.train_elbo:.3f}, "
               f"valid ELBO {last.valid_elbo:.3f} nats/point; "
               f"total {result.metrics.seconds.sum():.1f} s; run in {out}")
+        # Active units per latent layer (Burda et al. 2016): writes OUT/active_units.csv.
+        from ppl_vae.active_units import report_active_units
+
+        units = report_active_units(result.model, result.guide, result.dataset, out,
+                                    seed=result.config.seed)
+        print(f"{units.summary()} on the validation split; see {out / 'active_units.csv'}")
     return 0

@@ -1,0 +1,153 @@
+"""Control-variate baselines for the score-function estimator, injected by an effect handler.
+
+The score-function gradient of a latent site z with downstream cost
+c(z) = log p(x, z) - log q_phi(z|x) (everything the site influences; Pyro's
+:class:`~pyro.infer.TraceGraph_ELBO` Rao-Blackwellizes it with the dependency graph) is
+(c(z) - b) grad_phi log q_phi(z|x). Any b that does not depend on z leaves it unbiased because
+E_q[grad_phi log q] = 0, and b close to E_q[c] lowers its variance (Williams 1992; Mnih & Gregor
+2014, "Neural Variational Inference and Learning in Belief Networks", sec. 2.3). Two choices:
+
+* decaying average: b_t = beta b_{t-1} + (1 - beta) c_{t-1} (per data-plate position);
+* neural (input-dependent) baseline b_psi(x), trained jointly by minimising E (c - b_psi(x))^2
+  (Mnih & Gregor 2014).
+
+Pyro reads baselines from the guide site's ``infer={"baseline": {...}}``; the
+:class:`BaselineMessenger` writes that dict at every latent guide site, so neither the guide nor
+the model has to know about baselines. For the neural baseline the handler also multiplies by the
+site's subsampling scale (so the network predicts the per-data-point cost) and expands to the
+site's batch shape (so it also works with vectorized particles).
+
+Pyro keeps the decaying average in the *global* parameter store under
+``__baseline_avg_downstream_cost_<site>``; :class:`AverageBaselineTraceGraph_ELBO` keeps it
+private to the ELBO instance instead, so that two objectives (or two models) in one process never
+share or clobber it, and restarts it when the batch shape changes (e.g. a smaller last batch).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Sequence
+
+import pyro
+import torch
+from pyro.infer import TraceGraph_ELBO
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
+from torch import nn
+
+__all__ = ["BaselineMessenger", "NeuralBaseline", "AverageBaselineTraceGraph_ELBO"]
+
+_AVG_PREFIX = "__baseline_avg_downstream_cost_"
+
+
+class NeuralBaseline(nn.Module):
+    """b_psi(x): an MLP from a data point to a scalar (its expected downstream cost).
+
+    With ``x_dim=None`` the first layer is a :class:`torch.nn.LazyLinear`, sized on the first
+    call; the parameters then exist after the first gradient step (which is when
+    :class:`ppl_vae.svi.SVI` collects the objective's modules).
+    """
+
+    def __init__(self, x_dim: int | None = None, hidden: Sequence[int] = (100,)):
+        super().__init__()
+        hidden = [int(h) for h in hidden]
+        layers: list[nn.Module] = []
+        n_in = None if x_dim is None else int(x_dim)
+        for h in [*hidden, 1]:
+            layers.append(nn.LazyLinear(h) if n_in is None else nn.Linear(n_in, h))
+            layers.append(nn.Tanh())
+            n_in = h
+        self.net = nn.Sequential(*layers[:-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.reshape(x.shape[0], -1) if x.dim() > 2 else x).squeeze(-1)
+
+
+class BaselineMessenger(Messenger):
+    """Effect handler: attach a baseline to every latent (non-observed) guide sample site.
+
+    :param average_beta: if given, use Pyro's decaying-average baseline with this beta.
+    :param network: a :class:`NeuralBaseline` (or any module mapping ``inputs`` to per-data-point
+        scalars) used as ``nn_baseline``.
+    :param inputs: the network's input (the guide's data argument x), captured per call.
+    :param sites: optional names of the sites to treat (default: all latent sites).
+    """
+
+    def __init__(self, average_beta=None, network=None, inputs=None, sites=None):
+        super().__init__()
+        if average_beta is None and network is None:
+            raise ValueError("BaselineMessenger needs average_beta and/or network")
+        if network is not None and inputs is None:
+            raise ValueError("a neural baseline needs its inputs")
+        self.average_beta = average_beta
+        self.network = network
+        self.inputs = inputs
+        self.sites = None if sites is None else frozenset(sites)
+
+    def _pyro_post_sample(self, msg):
+        if (
+            msg["is_observed"]
+            or isinstance(msg["fn"], _Subsample)
+            or (self.sites is not None and msg["name"] not in self.sites)
+        ):
+            return
+        options = dict(msg["infer"].get("baseline", {}))
+        if self.average_beta is not None:
+            options.update(use_decaying_avg_baseline=True, baseline_beta=float(self.average_beta))
+        if self.network is not None:
+            shape = msg["fn"].batch_shape
+            scale, net = msg["scale"], self.network
+
+            def nn_baseline(inputs, _net=net, _scale=scale, _shape=shape):
+                return (_scale * _net(inputs)).expand(_shape)
+
+            options.update(nn_baseline=nn_baseline, nn_baseline_input=self.inputs)
+        msg["infer"] = {**msg["infer"], "baseline": options}
+
+
+class AverageBaselineTraceGraph_ELBO(TraceGraph_ELBO):
+    """:class:`~pyro.infer.TraceGraph_ELBO` whose decaying-average baselines belong to the instance.
+
+    Around each particle's surrogate computation the instance's running averages are put into the
+    parameter store (where Pyro's ``_construct_baseline`` reads and updates them) and taken out
+    again afterwards, restoring whatever was there before. An average whose shape no longer
+    matches the site (e.g. a different batch size) restarts from zero, as a fresh one does in
+    Pyro.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.averages: dict[str, torch.Tensor] = {}
+
+    @contextmanager
+    def _private_averages(self, guide_trace):
+        store = pyro.get_param_store()
+        names = [
+            name
+            for name, site in guide_trace.nodes.items()
+            if site["type"] == "sample"
+            and site["infer"].get("baseline", {}).get("use_decaying_avg_baseline")
+        ]
+        saved = {}
+        for name in names:
+            key = _AVG_PREFIX + name
+            if key in store:
+                saved[key] = store[key].detach()
+                del store[key]
+            own = self.averages.get(name)
+            if own is not None and own.shape == guide_trace.nodes[name]["log_prob"].shape:
+                store[key] = own
+        try:
+            yield
+        finally:
+            for name in names:
+                key = _AVG_PREFIX + name
+                if key in store:
+                    self.averages[name] = store[key].detach()
+                    del store[key]
+                if key in saved:
+                    store[key] = saved[key]
+
+    def _loss_and_surrogate_loss_particle(self, model_trace, guide_trace):
+        with self._private_averages(guide_trace):
+            return super()._loss_and_surrogate_loss_particle(model_trace, guide_trace)
