@@ -1,8 +1,13 @@
+import os
 from pathlib import Path
 
 import pyro
 import pytest
 import torch
+
+# Test networks are tiny: one intra-op thread is as fast as two, and several torch processes
+# sharing 2 cores with OpenMP spin-waiting threads slow each other down by orders of magnitude.
+torch.set_num_threads(int(os.environ.get("PPL_VAE_TEST_THREADS", "1")))
 
 ROOT = Path(__file__).resolve().parents[1]
 BINARIZED_MNIST = ROOT.parent / "shared" / "data" / "binarized_mnist.npz"
