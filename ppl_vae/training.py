@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,10 @@ class TrainResult:
     dataset: Dataset
     run_dir: Path | None
     interrupted: bool = False
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"received signal {signum}")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -139,8 +145,8 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
     explicitly different architecture is an error; ``epochs`` may be raised).
 
     On a NaN/inf loss, raises :class:`TrainingDivergedError` naming the epoch and step; the last
-    checkpoint (end of the last good epoch) is left untouched. On Ctrl-C, saves a checkpoint of
-    the current parameters and re-raises ``KeyboardInterrupt``.
+    checkpoint (end of the last good epoch) is left untouched. On Ctrl-C or SIGTERM, saves a
+    checkpoint of the current parameters and raises ``KeyboardInterrupt``.
     """
     if isinstance(config, TrainConfig):
         config = config.to_dict()
@@ -199,6 +205,9 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
     bar = tqdm(total=(config.epochs - start_epoch) * steps_per_epoch, disable=not progress,
                desc="train", unit="step", dynamic_ncols=True, leave=True)
     epoch = start_epoch
+    # SIGTERM (a scheduler or `kill`) is handled like Ctrl-C: save, then stop.
+    in_main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     try:
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
@@ -258,6 +267,8 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
     finally:
         bar.close()
         svi.model, svi.guide = model, guide
+        if in_main:
+            signal.signal(signal.SIGTERM, old_term)
 
     df = pd.DataFrame(metrics, columns=["epoch", "train_elbo", "valid_elbo", "seconds"])
     if run_dir is not None:

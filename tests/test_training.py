@@ -1,6 +1,8 @@
 """Training: improvement, determinism, resume, checkpoints, divergence, interruption."""
 
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -72,14 +74,18 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_digits, tm
     assert load_checkpoint(tmp_path)["epochs_done"] == 1
 
 
-def test_ctrl_c_saves_checkpoint_and_resume_finishes(tiny_digits, tmp_path, monkeypatch):
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_interrupt_saves_checkpoint_and_resume_finishes(tiny_digits, tmp_path, monkeypatch, how):
     calls = {"n": 0}
     real_step = SVI.step
 
     def interrupted(self, *a, **k):
         calls["n"] += 1
         if calls["n"] == 15:  # mid epoch 2 (10 steps per epoch)
-            raise KeyboardInterrupt
+            if how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                raise KeyboardInterrupt
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(SVI, "step", interrupted)
