@@ -8,7 +8,7 @@ Both sample every z_l with the reparameterization trick, so ``trace``, ``tracegr
     each factor a diagonal Gaussian whose mean and scale are a network of the layer below.
     Sites are sampled z1, z2, ..., zL.
 
-:class:`TopDownGuide` (the ladder VAE's inference model, Sønderby et al. 2016, section 2.2)
+:class:`TopDownGuide` (the ladder VAE's inference model, Sønderby et al. 2016)
     a deterministic bottom-up pass d_1 = f_1(x), d_l = f_l(d_{l-1}) gives "data" Gaussians
     N(mu^_l, sigma^_l^2) = head_l(d_l); then, top-down,
 
@@ -54,7 +54,7 @@ def precision_weighted(loc_a, scale_a, loc_b, scale_b) -> tuple[torch.Tensor, to
     """The normalized product N(a) N(b) of two diagonal Gaussians: (loc, scale).
 
     precision = 1/scale_a^2 + 1/scale_b^2; loc = (loc_a/scale_a^2 + loc_b/scale_b^2) / precision
-    (Sønderby et al. 2016, eq. 18-19).
+    (the ladder VAE's precision-weighted combination, Sønderby et al. 2016).
     """
     prec_a, prec_b = scale_a.pow(-2), scale_b.pow(-2)
     prec = prec_a + prec_b
@@ -111,7 +111,8 @@ class TopDownGuide(PyroModule):
     this guide shares (kept as a reference, not a submodule: its weights belong to the model).
     ``encoders``: ``[f_1, ..., f_L]``, the deterministic bottom-up path d_l = f_l(d_{l-1}),
     d_0 = x. ``heads``: ``[h_1, ..., h_L]``, :class:`~ppl_vae.models.GaussianConditional` s giving
-    (mu^_l, sigma^_l) = h_l(d_l). Call as ``guide(x, num_data=None)``; sites ``"zL"``, ..., ``"z1"``.
+    (mu^_l, sigma^_l) = h_l(d_l). Call as ``guide(x, num_data=None)``; sites ``"zL"``, ...,
+    ``"z1"``.
     """
 
     supports_analytic_kl = True

@@ -45,7 +45,7 @@ __all__ = ["GaussianConditional", "HierarchicalVAE", "latent_site", "between_hid
 
 
 def latent_site(level: int) -> str:
-    """Name of the sample site of stochastic layer ``level`` (1 = next to x): ``"z1"``, ``"z2"``..."""
+    """Sample-site name of stochastic layer ``level`` (1 = next to x): ``"z1"``, ``"z2"``, ..."""
     return f"z{int(level)}"
 
 

@@ -37,6 +37,13 @@ from .training import TrainResult, estimate_elbo, train  # noqa: E402
 from .runs import Run, load_run  # noqa: E402
 from .generate import encode, impute, interpolate, reconstruct, sample_images  # noqa: E402
 from .handlers import ScaleLatents  # noqa: E402
+from .active_units import ActiveUnits, report_active_units  # noqa: E402
+from .marginal import (  # noqa: E402
+    MarginalLikelihoodResult,
+    annealed_importance_sampling,
+    importance_sampling,
+    naive_monte_carlo,
+)
 
 __version__ = "0.1.0"
 
@@ -68,6 +75,12 @@ __all__ = [
     "reconstruct",
     "sample_images",
     "ScaleLatents",
+    "ActiveUnits",
+    "report_active_units",
+    "MarginalLikelihoodResult",
+    "naive_monte_carlo",
+    "importance_sampling",
+    "annealed_importance_sampling",
     "guides",
     "make_objective",
     "models",

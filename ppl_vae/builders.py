@@ -36,6 +36,18 @@ def build_model_and_guide(config: TrainConfig, x_dim: int):
 GUIDES = ("bottom-up", "top-down")
 
 
+def _uses_analytic_kl(objective: str) -> bool:
+    """Whether the registered objective ``objective`` is a TraceMeanField_ELBO (analytic KL)."""
+    from pyro.infer import TraceMeanField_ELBO
+
+    from .objectives import make_objective
+
+    try:
+        return isinstance(make_objective(objective).elbo, TraceMeanField_ELBO)
+    except ConfigError:
+        return False  # an unknown objective is reported where the objective is built
+
+
 @register_model_family("vae")
 def _vae(config: TrainConfig, x_dim: int):
     """The VAE of any depth L = len(latent_dims).
@@ -50,19 +62,17 @@ def _vae(config: TrainConfig, x_dim: int):
     from ppl_vae.guides import BottomUpGuide, DiagonalNormalGuide, TopDownGuide
     from ppl_vae.models import HierarchicalVAE, VAEModel
 
-    from .objectives import objective_spec
-
     if config.guide not in GUIDES:
         raise ConfigError(f"unknown guide {config.guide!r} for model 'vae'; choose one of "
                           f"{', '.join(GUIDES)}")
     depth = len(config.latent_dims)
-    if (depth > 1 and config.guide == "bottom-up"
-            and objective_spec(config.objective).name == "meanfield"):
+    if depth > 1 and config.guide == "bottom-up" and _uses_analytic_kl(config.objective):
         raise ConfigError(
-            "objective 'meanfield' (analytic KL) is not valid for the bottom-up guide with "
-            f"{depth} stochastic layers: in the model z1 depends on z2, but the bottom-up guide "
-            "samples z2 from z1, so KL(q(z1|x) || p(z1|z2)) at the sampled z2 is a biased "
-            "term; use --guide top-down (same dependency order as the model) or --objective trace")
+            f"objective {config.objective!r} (analytic KL, TraceMeanField_ELBO) is not valid for "
+            f"the bottom-up guide with {depth} stochastic layers: in the model z1 depends on z2, "
+            "but the bottom-up guide samples z2 from z1, so KL(q(z1|x) || p(z1|z2)) at the "
+            "sampled z2 is a biased term; use --guide top-down (same dependency order as the "
+            "model) or --objective trace")
     if depth == 1 and config.guide == "bottom-up":
         (j,) = config.latent_dims
         model = VAEModel(x_dim, j, tuple(reversed(config.hidden)), config.likelihood_spec(),
@@ -75,4 +85,36 @@ def _vae(config: TrainConfig, x_dim: int):
         guide = BottomUpGuide.mlp(x_dim, config.latent_dims, config.hidden, config.activation)
     else:
         guide = TopDownGuide.mlp(model, x_dim, config.hidden, config.activation)
+    return model, guide
+
+
+@register_model_family("sbn")
+def _sbn(config: TrainConfig, x_dim: int):
+    """The sigmoid belief network: :class:`~ppl_vae.models.SigmoidBeliefNetwork` (Bernoulli
+    latents "z", Bernoulli decoder with ``reversed(hidden)`` layers) and
+    :class:`~ppl_vae.guides.BernoulliGuide` (``hidden`` layers). Its latents are discrete, so only
+    objectives without ``requires_reparam`` apply (score, score-avg, score-nn, rws, trace,
+    tracegraph)."""
+    from ppl_vae.guides import BernoulliGuide
+    from ppl_vae.models import SigmoidBeliefNetwork
+
+    from .objectives import objective_spec
+
+    if len(config.latent_dims) != 1:
+        raise ConfigError("model 'sbn' has one stochastic layer: give one --latent-dims value")
+    if config.guide != "bottom-up":
+        raise ConfigError(f"unknown guide {config.guide!r} for model 'sbn'; choose bottom-up")
+    if config.likelihood != "bernoulli":
+        raise ConfigError("model 'sbn' has a Bernoulli decoder: use --likelihood bernoulli")
+    try:
+        needs_reparam = objective_spec(config.objective).requires_reparam
+    except ConfigError:
+        needs_reparam = False  # an unknown objective is reported where the objective is built
+    if needs_reparam:
+        raise ConfigError(
+            f"objective {config.objective!r} needs reparameterizable latents, but the sigmoid "
+            "belief network's are discrete; use score-avg, score-nn, rws, tracegraph or trace")
+    (j,) = config.latent_dims
+    model = SigmoidBeliefNetwork(x_dim, j, tuple(reversed(config.hidden)), config.activation)
+    guide = BernoulliGuide(x_dim, j, config.hidden, config.activation)
     return model, guide

@@ -11,7 +11,7 @@ from .errors import PplVaeError
 __all__ = ["main", "build_parser"]
 
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
-COMMANDS = ("train", "sample")
+COMMANDS = ("train", "sample", "grad_variance", "compare_estimators", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,9 +20,12 @@ possibly with an effect handler on the guide and trainable modules of its own:
     ``score`` minus a decaying-average baseline b <- beta b + (1 - beta) c (option
     ``baseline_beta``, default 0.9).
 ``score-nn``
-    ``score`` minus a learned input-dependent baseline b_psi(x) (Mnih & Gregor 2014), an MLP
-    owned by the objective (``Objective.modules["baseline"]``) and trained jointly on
-    (c - b_psi(x))^2. Options ``x_dim`` (else sized lazily) and ``baseline_hidden``.
+    ``score`` minus a learned input-dependent baseline, NVIL-style (Mnih & Gregor 2014, sec. 2.3
+    and 3.1): b(x) = b_avg + b_psi(x), the decaying average (which tracks the overall level of the
+    cost, hundreds of nats that a network would need many steps to learn) plus an MLP b_psi owned
+    by the objective (``Objective.modules["baseline"]``, Pyro's ``nn_baseline`` with input x)
+    trained jointly on (c - b(x))^2, i.e. on the residual. Options ``x_dim`` (else sized lazily),
+    ``baseline_hidden`` (default (100,)) and ``baseline_beta``.
 ``rws`` (``rws-K``)
     Reweighted wake-sleep (Bornschein & Bengio 2015) with per-data-point weights,
     :class:`~ppl_vae.infer.rws.ReweightedWakeSleep`; K = 5 unless a particle count >= 2 is given.
@@ -44,6 +47,7 @@ from typing import Sequence
 
 import pyro.infer
 
+from .errors import ConfigError
 from .infer.baselines import AverageBaselineTraceGraph_ELBO, BaselineMessenger, NeuralBaseline
 from .infer.dreg_elbo import DReG_ELBO
 from .infer.no_reparam import NoReparamMessenger
@@ -94,6 +98,12 @@ def score_function_guide(average_beta=None, network=None):
     return wrap_guide
 
 
+def _beta(baseline_beta) -> float:
+    if not 0.0 <= float(baseline_beta) < 1.0:
+        raise ConfigError(f"baseline_beta must be in [0, 1), got {baseline_beta}")
+    return float(baseline_beta)
+
+
 def _register(name, description, **flags):
     if name in available_objectives():  # re-import (e.g. importlib.reload): keep the first
         return lambda factory: factory
@@ -125,25 +135,22 @@ def _score(num_particles, vectorize_particles, **_):
 
 @_register("score-avg", "score function with a decaying-average baseline (baseline_beta=0.9)")
 def _score_avg(num_particles, vectorize_particles, baseline_beta: float = 0.9, **_):
-    if not 0.0 <= float(baseline_beta) < 1.0:
-        from .errors import ConfigError
-
-        raise ConfigError(f"baseline_beta must be in [0, 1), got {baseline_beta}")
     return Objective(
         "score-avg",
         AverageBaselineTraceGraph_ELBO(**_elbo_kwargs(num_particles, vectorize_particles)),
-        wrap_guide=score_function_guide(average_beta=float(baseline_beta)),
+        wrap_guide=score_function_guide(average_beta=_beta(baseline_beta)),
     )
 
 
-@_register("score-nn", "score function with a learned neural baseline b(x) (Mnih & Gregor 2014)")
+@_register("score-nn", "score function with a learned neural baseline b(x) on top of the "
+           "decaying average (NVIL, Mnih & Gregor 2014)")
 def _score_nn(num_particles, vectorize_particles, x_dim: int | None = None,
-              baseline_hidden: Sequence[int] = (100,), **_):
+              baseline_hidden: Sequence[int] = (100,), baseline_beta: float = 0.9, **_):
     network = NeuralBaseline(x_dim, baseline_hidden)
     return Objective(
         "score-nn",
-        pyro.infer.TraceGraph_ELBO(**_elbo_kwargs(num_particles, vectorize_particles)),
-        wrap_guide=score_function_guide(network=network),
+        AverageBaselineTraceGraph_ELBO(**_elbo_kwargs(num_particles, vectorize_particles)),
+        wrap_guide=score_function_guide(average_beta=_beta(baseline_beta), network=network),
         modules={"baseline": network},
     )
 

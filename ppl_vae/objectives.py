@@ -18,7 +18,8 @@ Built-in training objectives (all with ``num_particles`` L, vectorized over part
     Ranganath et al. 2014) for every non-reparameterizable site and Rao-Blackwellizes with the
     dependency graph; for reparameterizable sites it reduces to ``trace``.
 ``iwae``
-    :class:`pyro.infer.RenyiELBO` with alpha=0: the importance-weighted bound
+    :class:`~ppl_vae.infer.iwae_elbo.IWAE_ELBO` (:class:`pyro.infer.RenyiELBO` with alpha=0 and
+    minibatch scaling outside the log-mean-exp): the importance-weighted bound
     L_K = E log (1/K) sum_k p(x, z_k) / q(z_k|x) with K = ``num_particles`` (Burda et al. 2016).
 """
 
@@ -32,6 +33,7 @@ import pyro.infer
 from torch import nn
 
 from .errors import ConfigError
+from .infer.iwae_elbo import IWAE_ELBO
 
 __all__ = [
     "Objective",
@@ -187,5 +189,7 @@ def _tracegraph(num_particles, vectorize_particles, **_):
 def _iwae(num_particles, vectorize_particles, **_):
     return Objective(
         "iwae",
-        pyro.infer.RenyiELBO(alpha=0.0, **_elbo_kwargs(num_particles, vectorize_particles)),
+        # RenyiELBO(alpha=0) with the N/B minibatch scale applied outside the log-mean-exp
+        # (pyro's applies it inside, sharpening the weights); see ppl_vae.infer.iwae_elbo.
+        IWAE_ELBO(**_elbo_kwargs(num_particles, vectorize_particles)),
     )

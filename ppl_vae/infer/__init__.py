@@ -1,0 +1,33 @@
+"""Gradient estimators and effect handlers built on Pyro's inference machinery.
+
+One estimator per module, like ``pyro/infer/*.py``:
+
+* :mod:`~ppl_vae.infer.no_reparam` — :class:`NoReparamMessenger`: switch reparameterization off
+  (score-function gradients on a continuous latent);
+* :mod:`~ppl_vae.infer.baselines` — :class:`BaselineMessenger`, :class:`NeuralBaseline`,
+  :class:`AverageBaselineTraceGraph_ELBO`: control-variate baselines;
+* :mod:`~ppl_vae.infer.stl_elbo` — :class:`STL_ELBO` (Roeder et al. 2017);
+* :mod:`~ppl_vae.infer.iwae_elbo` — :class:`IWAE_ELBO` (Burda et al. 2016; minibatch-correct);
+* :mod:`~ppl_vae.infer.dreg_elbo` — :class:`DReG_ELBO` (Tucker et al. 2018);
+* :mod:`~ppl_vae.infer.rws` — :class:`ReweightedWakeSleep` (Bornschein & Bengio 2015).
+"""
+
+from .baselines import AverageBaselineTraceGraph_ELBO, BaselineMessenger, NeuralBaseline
+from .dreg_elbo import DReG_ELBO
+from .iwae_elbo import IWAE_ELBO
+from .no_reparam import NonReparameterized, NoReparamMessenger, no_reparam
+from .rws import ReweightedWakeSleep
+from .stl_elbo import STL_ELBO
+
+__all__ = [
+    "AverageBaselineTraceGraph_ELBO",
+    "BaselineMessenger",
+    "DReG_ELBO",
+    "IWAE_ELBO",
+    "NeuralBaseline",
+    "NoReparamMessenger",
+    "NonReparameterized",
+    "ReweightedWakeSleep",
+    "STL_ELBO",
+    "no_reparam",
+]

@@ -45,7 +45,7 @@ class NeuralBaseline(nn.Module):
 
     With ``x_dim=None`` the first layer is a :class:`torch.nn.LazyLinear`, sized on the first
     call; the parameters then exist after the first gradient step (which is when
-    :class:`ppl_vae.svi.SVI` collects the objective's modules).
+    :class:`ppl_vae.svi.SVI` collects the objective's modules). The output layer starts at zero.
     """
 
     def __init__(self, x_dim: int | None = None, hidden: Sequence[int] = (100,)):
@@ -58,6 +58,12 @@ class NeuralBaseline(nn.Module):
             layers.append(nn.Tanh())
             n_in = h
         self.net = nn.Sequential(*layers[:-1])
+        last = self.net[-1]
+        if isinstance(last, nn.Linear) and not isinstance(last, nn.LazyLinear):
+            # Start at b_psi = 0: the baseline is then exactly the decaying average (or none)
+            # until the network has learned something, instead of adding its random output.
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.reshape(x.shape[0], -1) if x.dim() > 2 else x).squeeze(-1)
@@ -84,7 +90,7 @@ class BaselineMessenger(Messenger):
         self.inputs = inputs
         self.sites = None if sites is None else frozenset(sites)
 
-    def _pyro_post_sample(self, msg):
+    def _pyro_sample(self, msg):
         if (
             msg["is_observed"]
             or isinstance(msg["fn"], _Subsample)
@@ -95,13 +101,16 @@ class BaselineMessenger(Messenger):
         if self.average_beta is not None:
             options.update(use_decaying_avg_baseline=True, baseline_beta=float(self.average_beta))
         if self.network is not None:
-            shape = msg["fn"].batch_shape
-            scale, net = msg["scale"], self.network
+            net = self.network
 
-            def nn_baseline(inputs, _net=net, _scale=scale, _shape=shape):
-                return (_scale * _net(inputs)).expand(_shape)
+            # Read the site's scale and (particle-broadcast) batch shape when Pyro builds the
+            # baseline, i.e. after every enclosing plate has processed the site.
+            def nn_baseline(inputs, _net=net, _msg=msg):
+                return (_msg["scale"] * _net(inputs)).expand(_msg["fn"].batch_shape)
 
             options.update(nn_baseline=nn_baseline, nn_baseline_input=self.inputs)
+        # A new dict: the guide's own ``infer`` dict (often a literal shared by every call) is
+        # left untouched.
         msg["infer"] = {**msg["infer"], "baseline": options}
 
 

@@ -18,7 +18,8 @@ where d log w_k / d z_k is taken with phi held fixed inside log q_phi (a path de
 :mod:`ppl_vae.infer.stl_elbo`). For K = 1, w~ = 1 and DReG reduces to STL.
 
 Implementation, on Pyro's trace machinery (:class:`DReG_ELBO` subclasses
-:class:`pyro.infer.RenyiELBO` with alpha = 0 and keeps its particle handling):
+:class:`~ppl_vae.infer.iwae_elbo.IWAE_ELBO`, i.e. :class:`pyro.infer.RenyiELBO` at alpha = 0, and
+keeps its particle handling):
 
 1. trace the guide; replace each reparameterized latent value z_k in the trace by an *alias*
    (``z.view_as(z)``) and replay the model on it, so that exactly the uses of z_k inside
@@ -28,62 +29,35 @@ Implementation, on Pyro's trace machinery (:class:`DReG_ELBO` subclasses
    path derivative), plus a backward hook on each alias that multiplies the gradient reaching
    z_k by w~_k, which turns w~_k into w~_k^2 on the path to phi.
 
-Log-weights use the log-densities divided by the observed sites' subsampling scale (N / batch
-size); the bound is rescaled *outside* the log-mean-exp (Pyro's RenyiELBO scales inside it,
-which sharpens the weights by N / batch size). All latent sites must be reparameterizable and
-share the plates of the log-weights (local to the data plate).
+Minibatch scaling as in :class:`~ppl_vae.infer.iwae_elbo.IWAE_ELBO` (outside the log-mean-exp).
+All latent sites must be reparameterizable and share the plates of the log-weights (local to the
+data plate).
 """
 
 from __future__ import annotations
 
-import math
-
-import torch
 from pyro import poutine
-from pyro.infer import RenyiELBO
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites
-from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape, warn_if_nan
+from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape
 
-from .util import (
-    data_scale,
-    is_reparameterized_latent,
-    particle_log_weights,
-    rescore_with_detached_parameters,
-)
+from .iwae_elbo import IWAE_ELBO
+from .util import is_reparameterized_latent, rescore_with_detached_parameters
 
 __all__ = ["DReG_ELBO"]
 
 
-class DReG_ELBO(RenyiELBO):
+class DReG_ELBO(IWAE_ELBO):
     """IWAE bound (alpha = 0) with the doubly-reparameterized guide gradient.
 
     ``loss`` / ``loss_and_grads`` return -L_K (an estimate) as a float.
     """
 
-    def __init__(
-        self,
-        num_particles=2,
-        max_plate_nesting=float("inf"),
-        vectorize_particles=False,
-        strict_enumeration_warning=True,
-    ):
-        super().__init__(
-            alpha=0.0,
-            num_particles=num_particles,
-            max_plate_nesting=max_plate_nesting,
-            vectorize_particles=vectorize_particles,
-            strict_enumeration_warning=strict_enumeration_warning,
-        )
-
     def _get_trace(self, model, guide, args, kwargs):
         guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
-        for name, site in guide_trace.nodes.items():
-            if site["type"] == "sample" and not site["is_observed"]:
-                if not is_reparameterized_latent(site):
-                    raise NotImplementedError(
-                        f"DReG_ELBO: guide site {name!r} is not reparameterizable"
-                    )
+        self._check_reparameterized(guide_trace)
+        for site in guide_trace.nodes.values():
+            if is_reparameterized_latent(site):
                 site["value"] = site["value"].view_as(site["value"])  # the alias
         model_trace = poutine.trace(
             poutine.replay(model, trace=guide_trace), graph_type="flat"
@@ -102,40 +76,10 @@ class DReG_ELBO(RenyiELBO):
         rescore_with_detached_parameters(guide_trace)
         return model_trace, guide_trace
 
-    def _log_weights(self, model, guide, args, kwargs):
-        """(log_w of shape (K, ...), scale, per-particle lists of (alias, site shape))."""
-        log_ws, aliases, scale = [], [], 1.0
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            scale = data_scale(model_trace)
-            log_p, log_q = particle_log_weights(model_trace, guide_trace, scale)
-            log_ws.append(log_p - log_q)
-            aliases.append(
-                [
-                    (site["value"], site["log_prob"].shape)
-                    for site in guide_trace.nodes.values()
-                    if is_reparameterized_latent(site)
-                ]
-            )
-        if self.vectorize_particles and self.num_particles > 1:
-            return log_ws[0], scale, aliases[0], True
-        return torch.stack(log_ws), scale, aliases, False
-
-    @torch.no_grad()
-    def loss(self, model, guide, *args, **kwargs):
-        """-L_K estimated with K = num_particles (a float)."""
-        log_w, scale, _, _ = self._log_weights(model, guide, args, kwargs)
-        bound = scale * (torch.logsumexp(log_w, 0) - math.log(self.num_particles)).sum()
-        loss = -bound.item()
-        warn_if_nan(loss, "loss")
-        return loss
-
-    def loss_and_grads(self, model, guide, *args, **kwargs):
-        """-L_K (a float); accumulates the DReG gradient estimate into ``.grad``."""
-        log_w, scale, aliases, vectorized = self._log_weights(model, guide, args, kwargs)
-        log_norm = torch.logsumexp(log_w, 0)
-        bound = scale * (log_norm - math.log(self.num_particles)).sum()
-        weights = (log_w - log_norm).exp().detach()
-        per_particle = [(weights, aliases)] if vectorized else list(zip(weights, aliases))
+    def _before_backward(self, weights, latents, vectorized) -> None:
+        # The surrogate sum_k w~_k log w_k sends w~_k (d log w_k / d z_k) into each alias z_k;
+        # one more factor w~_k there gives the w~_k^2 of Tucker et al. (2018), eq. (6).
+        per_particle = [(weights, latents)] if vectorized else list(zip(weights, latents))
         for w, sites in per_particle:
             for value, shape in sites:
                 if not value.requires_grad:
@@ -147,9 +91,3 @@ class DReG_ELBO(RenyiELBO):
                     )
                 w_event = w.reshape(w.shape + (1,) * (value.dim() - w.dim()))
                 value.register_hook(lambda grad, w_event=w_event: grad * w_event)
-        surrogate = scale * (weights * log_w).sum()
-        if surrogate.requires_grad:
-            (-surrogate).backward(retain_graph=self.retain_graph)
-        loss = -bound.item()
-        warn_if_nan(loss, "loss")
-        return loss

@@ -1,0 +1,287 @@
+"""Convergence of gradient estimators: same model, same initial weights, same seed, same budget.
+
+:func:`compare_estimators` builds one model/guide pair (a family registered in
+:mod:`ppl_vae.builders`, e.g. ``vae`` or ``sbn``), keeps its initial weights, and for every
+estimator
+
+1. measures the gradient statistics of :mod:`ppl_vae.gradients` at those common initial weights
+   (total variance, SNR, cosine to ``reparam``, seconds per gradient) on the first minibatch;
+2. trains a copy from the same initial weights with :class:`ppl_vae.svi.SVI` (one fused Adam),
+   the same seed and the same sequence of minibatches, for ``steps`` steps;
+3. records, every ``eval_every`` steps, the standard ELBO E_q[log p(x,z) - log q(z|x)] per data
+   point on a fixed evaluation set (one sample per point, fixed seed, RNG state restored so that
+   evaluation never perturbs training) — comparable across estimators whatever each one
+   optimizes — against steps and against training wall-clock seconds (evaluation and the first
+   step's one-time setup excluded);
+4. at the end, estimates log p(x) on the evaluation set by importance sampling with the guide as
+   proposal, K samples (:func:`ppl_vae.marginal.importance_sampling`; Burda et al. 2016).
+
+Results come back as one *tidy* :class:`pandas.DataFrame` (a row per estimator, step and
+metric: ``estimator, step, seconds, metric, value``; metrics ``elbo``, ``train_objective``,
+``is_log_likelihood`` and the gradient statistics at step 0) plus a wide summary;
+:func:`plot_comparison` draws the variance per estimator (log scale) and the ELBO against steps
+and against seconds. Wall-clock numbers are only comparable within one run on one idle machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+
+from .errors import ConfigError
+from .gradients import gradient_statistics, has_discrete_latents
+from .objectives import make_objective, objective_spec
+from .svi import SVI
+
+__all__ = ["ComparisonResult", "compare_estimators", "plot_comparison", "summary_table"]
+
+GRADIENT_METRICS = ("total_variance", "variance_decoder", "variance_encoder", "snr_median",
+                    "cosine_to_reparam", "cosine_to_reference", "seconds_per_gradient")
+
+
+@dataclass
+class ComparisonResult:
+    """``tidy``: long table (estimator, step, seconds, metric, value); ``summary``: one row per
+    estimator; ``gradients``: the raw :func:`~ppl_vae.gradients.gradient_statistics` output."""
+
+    tidy: pd.DataFrame
+    summary: pd.DataFrame
+    gradients: dict
+
+
+@torch.no_grad()
+def _elbo_per_point(model, guide, x, seed: int, batch_size: int = 1000) -> float:
+    elbo = Trace_ELBO(num_particles=1, max_plate_nesting=1)
+    total = 0.0
+    with torch.random.fork_rng(devices=[]):
+        pyro.set_rng_seed(seed)
+        for i in range(0, x.shape[0], batch_size):
+            total -= elbo.loss(model, guide, x[i: i + batch_size])
+    return total / x.shape[0]
+
+
+def _is_log_likelihood(model, guide, x, num_samples: int, seed: int) -> float:
+    with torch.random.fork_rng(devices=[]):
+        pyro.set_rng_seed(seed)
+        try:
+            from .marginal import importance_sampling
+        except ImportError:  # pragma: no cover - the marginal module ships with the package
+            return _iwae_bound(model, guide, x, num_samples)
+        return float(importance_sampling(model, guide, x, num_samples).log_likelihood.mean())
+
+
+@torch.no_grad()
+def _iwae_bound(model, guide, x, num_samples: int) -> float:
+    return -make_objective(f"iwae-{num_samples}").loss(model, guide, x) / x.shape[0]
+
+
+def build_pair(family: str, x_dim: int, latent_dim: int, hidden: Sequence[int],
+               activation: str = "relu"):
+    """A fresh model/guide pair of the registered ``family`` (see :mod:`ppl_vae.builders`)."""
+    from .builders import build_model_and_guide
+    from .config import TrainConfig
+
+    config = TrainConfig(model=family, latent_dims=(int(latent_dim),), hidden=tuple(hidden),
+                         activation=activation, objective="tracegraph")
+    return build_model_and_guide(config, x_dim)
+
+
+def compare_estimators(
+    train_x: torch.Tensor,
+    eval_x: torch.Tensor,
+    estimators: Sequence[str],
+    *,
+    model_family: str = "vae",
+    latent_dim: int = 10,
+    hidden: Sequence[int] = (200,),
+    activation: str = "relu",
+    steps: int = 1000,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    num_particles: int = 1,
+    eval_every: int | None = None,
+    is_samples: int = 100,
+    draws: int = 50,
+    warmup: int | None = None,
+    pair=None,
+    progress: bool = False,
+) -> ComparisonResult:
+    """Train one copy per estimator from common initial weights; see the module docstring.
+
+    ``draws`` / ``warmup``: gradient draws and baseline warm-up draws for the statistics at the
+    initial weights (see :func:`~ppl_vae.gradients.gradient_statistics`).
+    ``pair``: an optional ``(model, guide)`` to use instead of building ``model_family``.
+    Estimators that need reparameterizable latents are skipped (reported as not applicable) on
+    a model with discrete latents.
+    """
+    estimators = list(dict.fromkeys(estimators))
+    if not estimators:
+        raise ConfigError("no estimators given")
+    for name in estimators:
+        objective_spec(name)
+    steps, batch_size = int(steps), int(batch_size)
+    if steps < 1 or batch_size < 1:
+        raise ConfigError("steps and batch_size must be >= 1")
+    n = int(train_x.shape[0])
+    batch_size = min(batch_size, n)
+    eval_every = int(eval_every or max(1, steps // 20))
+
+    pyro.set_rng_seed(seed)
+    if pair is None:
+        pair = build_pair(model_family, train_x.shape[1], latent_dim, hidden, activation)
+    model0, guide0 = pair
+    init_model, init_guide = copy.deepcopy(model0.state_dict()), copy.deepcopy(guide0.state_dict())
+    discrete = has_discrete_latents(guide0, train_x[:batch_size])
+
+    # the minibatch sequence shared by all estimators
+    gen = torch.Generator().manual_seed(seed)
+    perms = []
+    per_epoch = max(1, n // batch_size)
+    for _ in range(math.ceil(steps / per_epoch)):
+        perm = torch.randperm(n, generator=gen)
+        perms += [perm[i * batch_size: (i + 1) * batch_size] for i in range(per_epoch)]
+
+    grads = gradient_statistics(model0, guide0, train_x[perms[0]], estimators, draws=draws,
+                                num_data=n, seed=seed, num_particles=num_particles,
+                                warmup=warmup, warmup_data=train_x)
+
+    rows: list[dict] = []
+    summary: list[dict] = []
+    for name in estimators:
+        g = grads[name]
+        if not g["applicable"]:
+            summary.append({"estimator": name, "applicable": False})
+            continue
+        for metric in GRADIENT_METRICS:
+            if g.get(metric) is not None:
+                rows.append({"estimator": name, "step": 0, "seconds": 0.0, "metric": metric,
+                             "value": g[metric]})
+        model, guide = copy.deepcopy(model0), copy.deepcopy(guide0)
+        model.load_state_dict(init_model)
+        guide.load_state_dict(init_guide)
+        pyro.set_rng_seed(seed)
+        svi = SVI(model, guide, make_objective(name, num_particles=num_particles,
+                                               x_dim=int(train_x.shape[1])), lr=lr)
+        seconds, running, count = 0.0, 0.0, 0
+        eval_seed = seed + 1
+
+        def record(step):
+            elbo = _elbo_per_point(model, guide, eval_x, eval_seed)
+            rows.append({"estimator": name, "step": step, "seconds": seconds, "metric": "elbo",
+                         "value": elbo})
+            if count:
+                rows.append({"estimator": name, "step": step, "seconds": seconds,
+                             "metric": "train_objective", "value": -running / count})
+            return elbo
+
+        record(0)
+        diverged = False
+        for step in range(1, steps + 1):
+            xb = train_x[perms[step - 1]]
+            t0 = time.perf_counter()
+            loss = svi.step(xb, num_data=n)
+            if step > 1:  # the first step's one-time costs (parameter discovery, first calls)
+                seconds += time.perf_counter() - t0
+            if not math.isfinite(loss):
+                diverged = True
+                break
+            running += loss / n
+            count += 1
+            if step % eval_every == 0 or step == steps:
+                record(step)
+                running, count = 0.0, 0
+            if progress and step % max(1, steps // 10) == 0:
+                print(f"  {name}: step {step}/{steps}, {seconds:.1f}s", flush=True)
+        final_elbo = _elbo_per_point(model, guide, eval_x, eval_seed)
+        is_ll = _is_log_likelihood(model, guide, eval_x, is_samples, seed + 2)
+        rows.append({"estimator": name, "step": step, "seconds": seconds,
+                     "metric": "is_log_likelihood", "value": is_ll})
+        summary.append({
+            "estimator": name, "applicable": True, "diverged": diverged, "steps": step,
+            "seconds": seconds, "seconds_per_step": seconds / max(step, 1),
+            "final_elbo": final_elbo, "is_log_likelihood": is_ll,
+            **{m: g.get(m) for m in GRADIENT_METRICS},
+        })
+    tidy = pd.DataFrame(rows, columns=["estimator", "step", "seconds", "metric", "value"])
+    return ComparisonResult(tidy, pd.DataFrame(summary), grads)
+
+
+def summary_table(summary: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A markdown table of the summary (no extra dependency: pandas' to_markdown needs one)."""
+    cols = [c for c in ("estimator", "total_variance", "variance_encoder", "variance_decoder",
+                        "snr_median", "cosine_to_reparam", "cosine_to_reference",
+                        "seconds_per_gradient", "final_elbo", "is_log_likelihood",
+                        "seconds_per_step") if c in summary.columns]
+
+    def fmt(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "n/a"
+        if isinstance(v, float):
+            return format(v, floatfmt)
+        return str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in summary.iterrows():
+        lines.append("| " + " | ".join(fmt(row.get(c)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(result: ComparisonResult, out_dir, title: str = "") -> list[Path]:
+    """``variance.png`` (total and per-group variance per estimator, log scale),
+    ``elbo_vs_steps.png`` and ``elbo_vs_seconds.png``. Returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .plots import save_figure
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tidy = result.tidy
+    paths = []
+
+    var = tidy[tidy.metric.isin(["variance_encoder", "variance_decoder", "total_variance"])]
+    table = var.pivot_table(index="estimator", columns="metric", values="value", sort=False)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(table) + 2), 4))
+    xs = np.arange(len(table))
+    for i, (metric, label) in enumerate([("total_variance", "total"),
+                                         ("variance_encoder", "encoder (guide)"),
+                                         ("variance_decoder", "decoder (model)")]):
+        if metric in table:
+            ax.bar(xs + (i - 1) * 0.27, table[metric].to_numpy(), width=0.27, label=label)
+    ax.set_yscale("log")
+    ax.set_xticks(xs, table.index, rotation=30, ha="right")
+    ax.set_ylabel("trace of gradient covariance")
+    ax.set_title(("Gradient variance at the common initial weights" + (f" — {title}" if title
+                                                                        else "")))
+    ax.legend()
+    paths.append(save_figure(fig, out_dir / "variance.png"))
+
+    elbo = tidy[tidy.metric == "elbo"]
+    for xcol, fname, xlabel in (("step", "elbo_vs_steps.png", "SVI steps"),
+                                ("seconds", "elbo_vs_seconds.png", "training seconds")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, group in elbo.groupby("estimator", sort=False):
+            ax.plot(group[xcol], group["value"], label=name, marker=".", markersize=3)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("ELBO per data point (eval set, nats)")
+        ax.set_title(f"ELBO vs {xlabel}" + (f" — {title}" if title else ""))
+        lo = elbo["value"].quantile(0.05) if len(elbo) else None
+        if lo is not None and math.isfinite(lo):
+            ax.set_ylim(bottom=lo)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        paths.append(save_figure(fig, out_dir / fname))
+    return paths

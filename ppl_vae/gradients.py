@@ -1,0 +1,361 @@
+"""Gradient-estimator statistics at fixed parameters: variance, SNR, bias check, cost.
+
+For an estimator g^ of the gradient of an objective (the ELBO, or L_K; the ascent direction,
+i.e. minus what ``loss_and_grads`` leaves in ``.grad``) at fixed parameters (a checkpoint) we draw G
+independent estimates g^_1..g^_G on the same minibatch x and report, with
+mean m = (1/G) sum_i g^_i and per-coordinate variance v_d = 1/(G-1) sum_i (g^_id - m_d)^2:
+
+``total_variance``
+    tr Cov[g^] ~= sum_d v_d, also split into parameter groups: ``decoder`` (the model's
+    parameters theta) and ``encoder`` (the guide's parameters phi);
+``snr_median``
+    the median over coordinates of the signal-to-noise ratio |m_d| / sqrt(v_d) (Rainforth et al.
+    2018, "Tighter Variational Bounds are Not Necessarily Better", eq. (4)), also per group;
+    coordinates with zero mean and zero variance (no gradient at all) are left out;
+``cosine_to_reparam``
+    cos(m, m_reparam), the angle between this estimator's mean gradient and the reparameterized
+    one: ~1 for any unbiased estimator of the same gradient (up to Monte Carlo error in the
+    means: with few draws a high-variance estimator's mean is itself noisy), and systematically
+    below 1 for estimators of a *different* objective's gradient (iwae-K, dreg-K, rws: the IWAE
+    bound L_K). For a model with discrete latents ``reparam`` does not apply and the reference is
+    ``score-avg`` (``cosine_to_reference``);
+``seconds_per_gradient``
+    mean wall-clock seconds of one estimate (one ``loss_and_grads`` call, the same code path as
+    a training step, minus the optimizer update).
+
+Draws are independent calls of the objective's own ``loss_and_grads``: Pyro's ELBOs call
+``backward`` on one scalar surrogate, so G draws cannot be separated out of one batched backward
+pass without re-implementing every estimator; the particles *within* a draw are vectorized, and
+the statistics are accumulated over draws with vectorized (Welford) updates in float64.
+Estimators with state (baselines) are warmed up first at the same parameters, for ``warmup``
+draws on random minibatches of ``warmup_data`` (e.g. the training split) when given: the
+decaying average updates itself, the neural baseline is also trained by Adam on its own loss.
+During the measured draws the network is frozen; the average keeps updating, as in training.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from torch import nn
+
+from .errors import ConfigError
+from .infer.baselines import AverageBaselineTraceGraph_ELBO
+from .objectives import Objective, make_objective, objective_spec
+
+__all__ = [
+    "GROUPS",
+    "gradient_statistics",
+    "statistics_frame",
+    "parameter_groups",
+    "has_discrete_latents",
+    "json_safe",
+]
+
+GROUPS = ("decoder", "encoder")
+DEFAULT_WARMUP = 300
+STAT_KEYS = (
+    "total_variance",
+    "variance_decoder",
+    "variance_encoder",
+    "snr_median",
+    "snr_median_decoder",
+    "snr_median_encoder",
+    "cosine_to_reparam",
+    "cosine_to_reference",
+    "mean_gradient_norm",
+    "seconds_per_gradient",
+    "objective",
+)
+
+
+def _params_of(fn, *args, **kwargs) -> list[torch.Tensor]:
+    """Trainable tensors of a Pyro callable: ``nn.Module.parameters()`` plus ``pyro.param``."""
+    params: dict[int, torch.Tensor] = {}
+    if isinstance(fn, nn.Module):
+        params.update((id(p), p) for p in fn.parameters() if p.requires_grad)
+    with poutine.trace(param_only=True) as tr:
+        with torch.no_grad():
+            fn(*args, **kwargs)
+    for site in tr.trace.nodes.values():
+        value = site["value"]
+        get = getattr(value, "unconstrained", None)
+        value = get() if callable(get) else value
+        if value is not None and value.requires_grad:
+            params.setdefault(id(value), value)
+    return list(params.values())
+
+
+def parameter_groups(model, guide, x, **kwargs) -> dict[str, list[torch.Tensor]]:
+    """``{"decoder": model parameters, "encoder": guide parameters}`` (shared ones count once,
+    as encoder)."""
+    encoder = _params_of(guide, x, **kwargs)
+    seen = {id(p) for p in encoder}
+    decoder = [p for p in _params_of(model, x, **kwargs) if id(p) not in seen]
+    return {"decoder": decoder, "encoder": encoder}
+
+
+def has_discrete_latents(guide, x, **kwargs) -> bool:
+    """True if some latent sample site of ``guide(x)`` cannot be reparameterized."""
+    with torch.no_grad():
+        tr = poutine.trace(guide).get_trace(x, **kwargs)
+    return any(
+        site["type"] == "sample"
+        and not site["is_observed"]
+        and not site_is_subsample(site)
+        and not getattr(site["fn"], "has_rsample", False)
+        for site in tr.nodes.values()
+    )
+
+
+class _Welford:
+    """Running mean and sum of squared deviations of flat vectors, in float64."""
+
+    def __init__(self, size: int):
+        self.n = 0
+        self.mean = torch.zeros(size, dtype=torch.float64)
+        self.m2 = torch.zeros(size, dtype=torch.float64)
+
+    def add(self, g: torch.Tensor) -> None:
+        g = g.to(torch.float64)
+        self.n += 1
+        delta = g - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (g - self.mean)
+
+    @property
+    def var(self) -> torch.Tensor:
+        return self.m2 / max(self.n - 1, 1)
+
+
+def _flat_grad(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(
+        [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
+            for p in params
+        ]
+    ) if params else torch.zeros(0)
+
+
+def _zero_grad(params: Iterable[torch.Tensor]) -> None:
+    for p in params:
+        p.grad = None
+
+
+def _is_stateful(objective: Objective) -> bool:
+    return bool(objective.modules) or isinstance(objective.elbo, AverageBaselineTraceGraph_ELBO)
+
+
+def _median_snr(mean: torch.Tensor, var: torch.Tensor) -> float:
+    if mean.numel() == 0:
+        return float("nan")
+    keep = (mean != 0) | (var > 0)
+    if not bool(keep.any()):
+        return float("nan")
+    snr = mean[keep].abs() / var[keep].sqrt()  # var == 0 with mean != 0 -> inf
+    return float(snr.median())
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    na, nb = float(a.norm()), float(b.norm())
+    if na == 0.0 or nb == 0.0:
+        return float("nan")
+    return float(a @ b) / (na * nb)
+
+
+def _measure(objective, model, guide, x, groups, draws, warmup, num_data, baseline_lr,
+             seed, warmup_data=None) -> dict:
+    """Warm up the objective's state, then accumulate ``draws`` gradient estimates."""
+    all_params = [p for ps in groups.values() for p in ps]
+    sizes = [sum(p.numel() for p in groups[g]) for g in GROUPS]
+    pyro.set_rng_seed(seed)
+    step_kwargs = {} if num_data is None else {"num_data": num_data}
+
+    modules = list(objective.modules.values())
+    if warmup:
+        optim = None
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(warmup):
+            _zero_grad(all_params)
+            for m in modules:
+                m.zero_grad(set_to_none=True)
+            xw = x
+            if warmup_data is not None:
+                xw = warmup_data[torch.randperm(warmup_data.shape[0], generator=gen)[: x.shape[0]]]
+            objective.loss_and_grads(model, guide, xw, **step_kwargs)
+            if modules:
+                if optim is None:  # lazy modules exist after the first call
+                    module_params = [p for m in modules for p in m.parameters() if p.requires_grad]
+                    optim = torch.optim.Adam(module_params, lr=baseline_lr) if module_params else None
+                if optim is not None:
+                    optim.step()
+    module_params = [p for m in modules for p in m.parameters()]
+
+    # One untimed, unrecorded call first: first-call costs (lazy initialization, allocator
+    # warm-up) would otherwise be charged to whichever estimator happens to run first.
+    _zero_grad(all_params)
+    objective.loss_and_grads(model, guide, x, **step_kwargs)
+    acc = _Welford(sum(sizes))
+    losses, seconds = [], 0.0
+    for _ in range(draws):
+        _zero_grad(all_params)
+        _zero_grad(module_params)
+        t0 = time.perf_counter()
+        loss = objective.loss_and_grads(model, guide, x, **step_kwargs)
+        seconds += time.perf_counter() - t0
+        losses.append(float(loss))
+        # .grad holds the gradient of the loss -objective; record the objective's gradient.
+        acc.add(-torch.cat([_flat_grad(groups[g]) for g in GROUPS]))
+    _zero_grad(all_params)
+    _zero_grad(module_params)
+    return {"acc": acc, "sizes": sizes, "seconds": seconds / max(draws, 1),
+            "objective": -float(np.mean(losses)) if losses else float("nan")}
+
+
+def gradient_statistics(
+    model,
+    guide,
+    x: torch.Tensor,
+    estimators: Sequence[str],
+    draws: int = 100,
+    *,
+    num_data: int | None = None,
+    seed: int = 0,
+    num_particles: int = 1,
+    warmup: int | None = None,
+    baseline_lr: float = 1e-2,
+    reference: str | None = None,
+    warmup_data: torch.Tensor | None = None,
+    options: dict | None = None,
+    keep_vectors: bool = False,
+) -> dict[str, dict]:
+    """Statistics of ``draws`` gradient estimates per estimator, at the current parameters.
+
+    :param model, guide: a Pyro model/guide pair called as ``model(x, num_data=...)``.
+    :param x: the fixed minibatch, shape ``(B, D)``.
+    :param estimators: registered objective names (``reparam``, ``score-avg``, ``iwae-5``, ...).
+    :param draws: G, the number of independent estimates (>= 2).
+    :param num_data: passed to model and guide (the data plate then scales by num_data / B);
+        ``None``: gradients of the batch *sum* of per-point objectives.
+    :param seed: each estimator starts from ``pyro.set_rng_seed(seed)``.
+    :param num_particles: particles per estimate for names without a ``-K`` suffix.
+    :param warmup: draws spent warming up stateful estimators (baselines) before measuring;
+        default :data:`DEFAULT_WARMUP` (300) for those; stateless estimators need none.
+    :param reference: the estimator whose mean gradient the cosines compare to; default
+        ``reparam``, or ``score-avg`` where the guide has discrete latents.
+    :param warmup_data: if given (``(N, D)``, N >= B), the warm-up draws use random minibatches
+        of B points from it, as in training, instead of ``x`` itself. This matters for the
+        decaying average, which is kept per position in the batch: warmed up on ``x`` it becomes
+        a per-data-point (input-dependent) baseline for ``x``, which it never is in training.
+    :param options: extra keyword options for :func:`~ppl_vae.objectives.make_objective`.
+    :param keep_vectors: also return per-coordinate ``mean`` / ``variance`` arrays per group.
+    :returns: ``{name: {"applicable": bool, "total_variance": ..., ...}}`` (see module docs);
+        for an estimator that does not apply (a reparameterized one on a discrete-latent model)
+        ``applicable`` is False, ``reason`` says why and the statistics are None.
+    """
+    draws = int(draws)
+    if draws < 2:
+        raise ConfigError(f"draws must be >= 2, got {draws}")
+    estimators = list(dict.fromkeys(estimators))
+    if not estimators:
+        raise ConfigError("no estimators given")
+    for name in estimators:
+        objective_spec(name)  # unknown names raise ConfigError before any work
+    x = torch.as_tensor(x)
+    kwargs = {} if num_data is None else {"num_data": num_data}
+    groups = parameter_groups(model, guide, x, **kwargs)
+    discrete = has_discrete_latents(guide, x, **kwargs)
+    if reference is None:
+        reference = "score-avg" if discrete else "reparam"
+    options = dict(options or {})
+    options.setdefault("x_dim", int(x.reshape(x.shape[0], -1).shape[1]))
+
+    def applicable(name):
+        return not (discrete and objective_spec(name).requires_reparam)
+
+    measured: dict[str, dict] = {}
+    to_measure = list(estimators)
+    extra = [n for n in dict.fromkeys(["reparam", reference]) if n not in to_measure]
+    to_measure += [n for n in extra if applicable(n)]
+    for name in to_measure:
+        if not applicable(name):
+            continue
+        objective = make_objective(name, num_particles=num_particles, **options)
+        w = 0
+        if _is_stateful(objective):
+            w = DEFAULT_WARMUP if warmup is None else int(warmup)
+        measured[name] = _measure(objective, model, guide, x, groups, draws, w, num_data,
+                                  baseline_lr, seed, warmup_data)
+
+    def mean_of(name):
+        return measured[name]["acc"].mean if name in measured else None
+
+    ref_mean, reparam_mean = mean_of(reference), mean_of("reparam")
+    results: dict[str, dict] = {}
+    for name in estimators:
+        if name not in measured:
+            results[name] = {"applicable": False,
+                             "reason": "needs reparameterizable latents; the guide has discrete "
+                                       "ones",
+                             **{k: None for k in STAT_KEYS}}
+            continue
+        m = measured[name]
+        acc, sizes = m["acc"], m["sizes"]
+        mean, var = acc.mean, acc.var
+        means = dict(zip(GROUPS, mean.split(sizes)))
+        variances = dict(zip(GROUPS, var.split(sizes)))
+        row = {
+            "applicable": True,
+            "draws": draws,
+            "total_variance": float(var.sum()),
+            "variance_decoder": float(variances["decoder"].sum()),
+            "variance_encoder": float(variances["encoder"].sum()),
+            "snr_median": _median_snr(mean, var),
+            "snr_median_decoder": _median_snr(means["decoder"], variances["decoder"]),
+            "snr_median_encoder": _median_snr(means["encoder"], variances["encoder"]),
+            "cosine_to_reparam": None if reparam_mean is None else _cosine(mean, reparam_mean),
+            "cosine_to_reference": None if ref_mean is None else _cosine(mean, ref_mean),
+            "reference": reference if ref_mean is not None else None,
+            "mean_gradient_norm": float(mean.norm()),
+            "seconds_per_gradient": m["seconds"],
+            "objective": m["objective"],
+            "num_parameters": {g: int(s) for g, s in zip(GROUPS, sizes)},
+        }
+        if keep_vectors:
+            row["mean"] = {g: means[g].numpy() for g in GROUPS}
+            row["variance"] = {g: variances[g].numpy() for g in GROUPS}
+        results[name] = row
+    return results
+
+
+def statistics_frame(results: dict[str, dict]) -> pd.DataFrame:
+    """One row per estimator with the scalar statistics (a tidy table for CSV / markdown)."""
+    rows = []
+    for name, r in results.items():
+        row = {"estimator": name, "applicable": r.get("applicable", True)}
+        row.update({k: r.get(k) for k in STAT_KEYS})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["estimator", "applicable", *STAT_KEYS])
+
+
+def json_safe(value):
+    """Replace NaN/inf floats (not valid JSON) by None, recursively; numpy to lists."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
