@@ -103,6 +103,8 @@ def commands(args) -> list[list[str]]:
 def _fmt(value, column: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
+    if isinstance(value, str):
+        return value
     if column in ("num_samples", "n", "num_unreliable"):
         return str(int(value))
     if column == "bits_per_dim":

@@ -3,14 +3,10 @@
 The generative model p(z) p(x|z) is a Pyro model, the encoder q(z|x) a Pyro guide; training,
 gradient estimators and marginal-likelihood estimators work on any such pair.
 
-Importing ppl_vae turns on Pyro's ``module_local_params`` setting, so that the parameters of a
-:class:`~pyro.nn.PyroModule` live in the module (as in plain PyTorch) rather than in Pyro's global
-parameter store: two VAEs built in one process never silently share weights.
+ppl_vae leaves Pyro's global settings alone: our models are ordinary ``PyroModule`` s, so Pyro's
+stock ``pyro.infer.SVI`` trains them too; :class:`ppl_vae.SVI` optimizes each module's own
+parameters, so several models in one process never share weights through the param store.
 """
-
-import pyro as _pyro
-
-_pyro.settings.set(module_local_params=True)
 
 from . import guides, models  # noqa: E402
 from .errors import (  # noqa: E402

@@ -38,7 +38,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from .errors import ConfigError
-from .gradients import gradient_statistics, has_discrete_latents
+from .gradients import gradient_statistics
 from .objectives import make_objective, objective_spec
 from .svi import SVI
 
@@ -141,7 +141,6 @@ def compare_estimators(
         pair = build_pair(model_family, train_x.shape[1], latent_dim, hidden, activation)
     model0, guide0 = pair
     init_model, init_guide = copy.deepcopy(model0.state_dict()), copy.deepcopy(guide0.state_dict())
-    discrete = has_discrete_latents(guide0, train_x[:batch_size])
 
     # the minibatch sequence shared by all estimators
     gen = torch.Generator().manual_seed(seed)

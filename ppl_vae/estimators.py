@@ -53,7 +53,13 @@ from .infer.dreg_elbo import DReG_ELBO
 from .infer.no_reparam import NoReparamMessenger
 from .infer.rws import ReweightedWakeSleep
 from .infer.stl_elbo import STL_ELBO
-from .objectives import Objective, _elbo_kwargs, available_objectives, objective_spec, register_objective
+from .objectives import (
+    Objective,
+    _elbo_kwargs,
+    available_objectives,
+    objective_spec,
+    register_objective,
+)
 
 __all__ = [
     "ESTIMATORS",

@@ -30,7 +30,9 @@ the statistics are accumulated over draws with vectorized (Welford) updates in f
 Estimators with state (baselines) are warmed up first at the same parameters, for ``warmup``
 draws on random minibatches of ``warmup_data`` (e.g. the training split) when given: the
 decaying average updates itself, the neural baseline is also trained by Adam on its own loss.
-During the measured draws the network is frozen; the average keeps updating, as in training.
+During the measured draws both are frozen, so that the G draws are i.i.d. (left running on one
+fixed minibatch, Pyro's per-position average would turn into a per-data-point baseline for that
+minibatch, which it never is in training).
 """
 
 from __future__ import annotations
@@ -194,10 +196,13 @@ def _measure(objective, model, guide, x, groups, draws, warmup, num_data, baseli
             if modules:
                 if optim is None:  # lazy modules exist after the first call
                     module_params = [p for m in modules for p in m.parameters() if p.requires_grad]
-                    optim = torch.optim.Adam(module_params, lr=baseline_lr) if module_params else None
+                    if module_params:
+                        optim = torch.optim.Adam(module_params, lr=baseline_lr)
                 if optim is not None:
                     optim.step()
     module_params = [p for m in modules for p in m.parameters()]
+    if isinstance(objective.elbo, AverageBaselineTraceGraph_ELBO):
+        objective.elbo.frozen = True  # i.i.d. draws: one fixed baseline state
 
     # One untimed, unrecorded call first: first-call costs (lazy initialization, allocator
     # warm-up) would otherwise be charged to whichever estimator happens to run first.
@@ -234,6 +239,7 @@ def gradient_statistics(
     baseline_lr: float = 1e-2,
     reference: str | None = None,
     warmup_data: torch.Tensor | None = None,
+    objective_states: dict | None = None,
     options: dict | None = None,
     keep_vectors: bool = False,
 ) -> dict[str, dict]:
@@ -255,6 +261,9 @@ def gradient_statistics(
         of B points from it, as in training, instead of ``x`` itself. This matters for the
         decaying average, which is kept per position in the batch: warmed up on ``x`` it becomes
         a per-data-point (input-dependent) baseline for ``x``, which it never is in training.
+    :param objective_states: ``{name: {module_name: state_dict}}``, trained states of an
+        estimator's own modules (e.g. the neural baseline saved in a ``score-nn`` run's
+        checkpoint) loaded before the warm-up.
     :param options: extra keyword options for :func:`~ppl_vae.objectives.make_objective`.
     :param keep_vectors: also return per-coordinate ``mean`` / ``variance`` arrays per group.
     :returns: ``{name: {"applicable": bool, "total_variance": ..., ...}}`` (see module docs);
@@ -289,6 +298,9 @@ def gradient_statistics(
         if not applicable(name):
             continue
         objective = make_objective(name, num_particles=num_particles, **options)
+        for module_name, state in (objective_states or {}).get(name, {}).items():
+            if module_name in objective.modules:
+                objective.modules[module_name].load_state_dict(state)
         w = 0
         if _is_stateful(objective):
             w = DEFAULT_WARMUP if warmup is None else int(warmup)

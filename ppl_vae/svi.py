@@ -7,10 +7,17 @@ parameters instead of one optimizer per parameter tensor, and captures the param
 instead of tracing ``pyro.param`` statements on every step. That is where the ~2 ms/step of
 Pyro's SVI overhead goes (see ``benchmarks/training_speed.py``).
 
-Works with any Pyro model/guide pair: parameters are found by tracing ``param`` statements on the
-first step (which covers :class:`~pyro.nn.PyroModule`, ``pyro.module`` and ``pyro.param``), plus
-``model.parameters()`` / ``guide.parameters()`` when they are ``nn.Module`` s, plus the objective's
-own modules (baselines). If a later step creates a new ``pyro.param``, it is picked up.
+Works with any Pyro model/guide pair. The optimized tensors are found on the first step: the
+candidates are the values of traced ``param`` statements (:class:`~pyro.nn.PyroModule`,
+``pyro.module``, ``pyro.param``) plus the parameters of ``model``, ``guide``, ``modules`` and the
+objective's own modules (baselines) when they are ``nn.Module`` s; of these, exactly the tensors
+that received a gradient from the objective are optimized. If a later step creates a new
+``pyro.param``, it is picked up.
+
+Pyro's global parameter store is left as it is. Taking ``model.parameters()`` from the modules
+themselves means a second model with the same parameter names (a copy, another run in the same
+process) still trains its *own* weights: ``pyro.module`` never overwrites a module's weights by
+default, it only registers the first tensor seen under a name.
 """
 
 from __future__ import annotations
@@ -36,10 +43,13 @@ class SVI:
     """``SVI(model, guide, objective, lr=1e-3)``; ``step(*args, **kwargs) -> loss``.
 
     ``objective`` is an :class:`~ppl_vae.objectives.Objective`, a registered name, or a raw
-    :class:`pyro.infer.ELBO`. ``optim_args`` are passed to ``torch.optim.Adam``.
+    :class:`pyro.infer.ELBO`. ``modules``: further ``nn.Module`` s whose parameters the objective
+    may use (e.g. the model and guide when ``model``/``guide`` are handler-wrapped callables).
+    ``optim_args`` are passed to ``torch.optim.Adam``.
     """
 
-    def __init__(self, model, guide, objective="trace", lr: float = 1e-3, **optim_args):
+    def __init__(self, model, guide, objective="trace", lr: float = 1e-3, modules=(),
+                 **optim_args):
         if isinstance(objective, str):
             objective = make_objective(objective)
         elif isinstance(objective, pyro.infer.ELBO):
@@ -47,6 +57,7 @@ class SVI:
         self.model = model
         self.guide = guide
         self.objective = objective
+        self.modules = list(modules)
         self.optim_args = {"lr": float(lr), **optim_args}
         self.optim_args.setdefault("foreach", True)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -56,7 +67,7 @@ class SVI:
 
     # -- parameters ------------------------------------------------------------------------
     def _module_params(self):
-        for owner in (self.model, self.guide, *self.objective.modules.values()):
+        for owner in (self.model, self.guide, *self.modules, *self.objective.modules.values()):
             if isinstance(owner, nn.Module):
                 yield from owner.parameters()
 
@@ -89,11 +100,16 @@ class SVI:
         if self.optimizer is None or len(store) != self._store_size:
             with poutine.trace(param_only=True) as capture:
                 loss = self.objective.loss_and_grads(self.model, self.guide, *args, **kwargs)
-            self._add_params(list(self._module_params()))
-            self._add_params(_unconstrained(s["value"]) for s in capture.trace.nodes.values())
+            candidates = [*self._module_params(),
+                          *(_unconstrained(s["value"]) for s in capture.trace.nodes.values())]
+            # Only tensors the objective actually differentiated: a same-named tensor that Pyro's
+            # global param store kept from an earlier model is a candidate but gets no gradient.
+            self._add_params(p for p in candidates if p.grad is not None)
             self._store_size = len(store)
         else:
             loss = self.objective.loss_and_grads(self.model, self.guide, *args, **kwargs)
+        if self.optimizer is None:
+            raise RuntimeError("the objective produced no gradient for any parameter")
         if math.isfinite(loss):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -176,7 +176,9 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
     model, guide = build_model_and_guide(config, dataset.x_dim)
     objective = make_objective(config.objective, num_particles=config.particles,
                                x_dim=dataset.x_dim)
-    svi = SVI(model, guide, objective, lr=config.lr)
+    anneal = ScaleLatents(1.0) if config.kl_warmup_epochs > 0 else None
+    step_model, step_guide = (anneal(model), anneal(guide)) if anneal else (model, guide)
+    svi = SVI(step_model, step_guide, objective, lr=config.lr, modules=(model, guide))
     metrics: list[dict] = []
     start_epoch, elapsed = 0, 0.0
     if payload is not None:
@@ -198,9 +200,6 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
     n, bs = x_train.shape[0], min(config.batch_size, x_train.shape[0])
     steps_per_epoch = math.ceil(n / bs)
 
-    anneal = ScaleLatents(1.0) if config.kl_warmup_epochs > 0 else None
-    step_model, step_guide = (anneal(model), anneal(guide)) if anneal else (model, guide)
-    svi.model, svi.guide = step_model, step_guide
 
     bar = tqdm(total=(config.epochs - start_epoch) * steps_per_epoch, disable=not progress,
                desc="train", unit="step", dynamic_ncols=True, leave=True)
@@ -266,7 +265,6 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
         raise
     finally:
         bar.close()
-        svi.model, svi.guide = model, guide
         if in_main:
             signal.signal(signal.SIGTERM, old_term)
 

@@ -32,7 +32,7 @@ def vae_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sbn_run(tmp_path_factory):
-    return _train(tmp_path_factory, "sbn_run", model="sbn", objective="score-avg")
+    return _train(tmp_path_factory, "sbn_run", model="sbn", objective="score-nn")
 
 
 def _json(capsys, argv):

@@ -23,7 +23,8 @@ CSV_NAME = "evaluation.csv"
 CSV_COLUMNS = (
     "timestamp", "run", "split", "estimator", "num_samples", "n", "num_dims", "log_likelihood",
     "stderr", "mc_stderr", "bits_per_dim", "ess_mean", "ess_min", "pareto_k_max",
-    "pareto_k_mean", "num_unreliable", "seconds", "seed", "limit", "device", "peak_rss_mb",
+    "pareto_k_mean", "num_unreliable", "pareto_k_threshold", "log_weight_var_mean", "seconds",
+    "seed", "limit", "device", "peak_rss_mb", "cuda_peak_mb",
     "num_steps", "num_leapfrog", "init", "schedule", "acceptance_rate", "step_size",
 )
 

@@ -57,9 +57,12 @@ def run(args) -> int:
     warmup_data = run_.split("train") if args.split != "train" else data
     model, guide = run_.model, run_.guide
     model.train(), guide.train()
+    # the run's own objective resumes with its trained modules (e.g. score-nn's baseline)
+    saved = run_.checkpoint.get("objective_modules") or {}
+    states = {run_.config.objective: saved} if saved else None
     results = gradient_statistics(model, guide, x, names, draws=args.draws, seed=args.seed,
                                   num_particles=args.particles, warmup=args.warmup,
-                                  warmup_data=warmup_data)
+                                  warmup_data=warmup_data, objective_states=states)
     if args.csv:
         statistics_frame(results).to_csv(args.csv, index=False)
     if args.json:

@@ -40,6 +40,15 @@ __all__ = ["BaselineMessenger", "NeuralBaseline", "AverageBaselineTraceGraph_ELB
 _AVG_PREFIX = "__baseline_avg_downstream_cost_"
 
 
+def _downstream_shape(batch_shape) -> torch.Size:
+    """The shape Pyro gives a site's downstream cost: its batch shape with leading size-1 dims
+    dropped (``MultiFrameTensor.sum_to`` squeezes them), e.g. () for a batch of one point."""
+    shape = list(batch_shape)
+    while shape and shape[0] == 1:
+        shape.pop(0)
+    return torch.Size(shape)
+
+
 class NeuralBaseline(nn.Module):
     """b_psi(x): an MLP from a data point to a scalar (its expected downstream cost).
 
@@ -106,7 +115,8 @@ class BaselineMessenger(Messenger):
             # Read the site's scale and (particle-broadcast) batch shape when Pyro builds the
             # baseline, i.e. after every enclosing plate has processed the site.
             def nn_baseline(inputs, _net=net, _msg=msg):
-                return (_msg["scale"] * _net(inputs)).expand(_msg["fn"].batch_shape)
+                out = (_msg["scale"] * _net(inputs)).expand(_msg["fn"].batch_shape)
+                return out.reshape(_downstream_shape(out.shape))
 
             options.update(nn_baseline=nn_baseline, nn_baseline_input=self.inputs)
         # A new dict: the guide's own ``infer`` dict (often a literal shared by every call) is
@@ -127,6 +137,9 @@ class AverageBaselineTraceGraph_ELBO(TraceGraph_ELBO):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.averages: dict[str, torch.Tensor] = {}
+        #: When True the averages are used but not updated (gradient measurements at fixed
+        #: parameters: every draw then sees the same baseline, as the draws must be i.i.d.).
+        self.frozen = False
 
     @contextmanager
     def _private_averages(self, guide_trace):
@@ -144,7 +157,8 @@ class AverageBaselineTraceGraph_ELBO(TraceGraph_ELBO):
                 saved[key] = store[key].detach()
                 del store[key]
             own = self.averages.get(name)
-            if own is not None and own.shape == guide_trace.nodes[name]["log_prob"].shape:
+            shape = _downstream_shape(guide_trace.nodes[name]["log_prob"].shape)
+            if own is not None and own.shape == shape:
                 store[key] = own
         try:
             yield
@@ -152,7 +166,8 @@ class AverageBaselineTraceGraph_ELBO(TraceGraph_ELBO):
             for name in names:
                 key = _AVG_PREFIX + name
                 if key in store:
-                    self.averages[name] = store[key].detach()
+                    if not (self.frozen and name in self.averages):
+                        self.averages[name] = store[key].detach()
                     del store[key]
                 if key in saved:
                     store[key] = saved[key]

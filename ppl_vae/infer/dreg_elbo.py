@@ -24,7 +24,9 @@ keeps its particle handling):
 1. trace the guide; replace each reparameterized latent value z_k in the trace by an *alias*
    (``z.view_as(z)``) and replay the model on it, so that exactly the uses of z_k inside
    log w_k go through the alias (uses inside the guide itself, e.g. by later guide sites, do not);
-2. re-score log q at the alias with detached variational parameters;
+2. re-score log q at the aliases with detached variational parameters (the guide re-run under
+   ``poutine.replay`` on the aliased trace, so a site's dependence on upstream latents goes
+   through their aliases too);
 3. surrogate  S = sum_k stop_grad(w~_k) log w_k  (gives the theta gradient and w~_k times the
    path derivative), plus a backward hook on each alias that multiplies the gradient reaching
    z_k by w~_k, which turns w~_k into w~_k^2 on the path to phi.
@@ -73,7 +75,7 @@ class DReG_ELBO(IWAE_ELBO):
                 if site["type"] == "sample":
                     check_site_shape(site, self.max_plate_nesting)
             check_if_enumerated(guide_trace)
-        rescore_with_detached_parameters(guide_trace)
+        rescore_with_detached_parameters(guide, guide_trace, args, kwargs)
         return model_trace, guide_trace
 
     def _before_backward(self, weights, latents, vectorized) -> None:

@@ -13,12 +13,13 @@ variance at the optimum ("the estimator sticks the landing"). Gradients w.r.t. t
 parameters theta are unchanged.
 
 Implementation: :class:`STL_ELBO` is :class:`pyro.infer.Trace_ELBO` whose guide traces are
-re-scored after tracing: each reparameterized latent site's log q is recomputed from the same
-(differentiable) value under a copy of its distribution with detached parameters
-(:func:`~ppl_vae.infer.util.rescore_with_detached_parameters`). Sites that are not
-reparameterized keep Pyro's score-function treatment. Restriction: parameters that live outside the
-site distribution's tensor attributes (e.g. inside flow transforms) are not detached; for those the
-ordinary Trace_ELBO gradient is used (still unbiased).
+re-scored after tracing: the guide is re-run under ``poutine.replay`` on its own trace with its
+parameters detached, and each reparameterized latent site's log q is recomputed at the same
+(differentiable) value (:func:`~ppl_vae.infer.util.rescore_with_detached_parameters`). Upstream
+latents a site's distribution depends on keep their gradient path, so hierarchical guides get the
+exact path derivative. Sites that are not reparameterized keep Pyro's score-function treatment.
+Restriction: the guide's parameters must be those of the ``nn.Module`` it is (under any effect
+handlers) or ``pyro.param`` values; others keep the ordinary (still unbiased) gradient.
 """
 
 from __future__ import annotations
@@ -35,5 +36,5 @@ class STL_ELBO(Trace_ELBO):
 
     def _get_trace(self, model, guide, args, kwargs):
         model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
-        rescore_with_detached_parameters(guide_trace)
+        rescore_with_detached_parameters(guide, guide_trace, args, kwargs)
         return model_trace, guide_trace

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import copy
+from contextlib import contextmanager
 
 import torch
+from pyro import poutine
 from pyro.distributions.score_parts import ScoreParts
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
-from torch.distributions import Distribution
+from pyro.poutine.messenger import Messenger
+from torch import nn
 
 __all__ = [
-    "detach_distribution",
+    "detached_parameters",
     "is_reparameterized_latent",
     "rescore_with_detached_parameters",
     "particle_log_weights",
@@ -19,22 +21,38 @@ __all__ = [
 ]
 
 
-def detach_distribution(fn: Distribution) -> Distribution:
-    """A shallow copy of ``fn`` whose tensor attributes (its parameters, and cached derived
-    quantities) are detached, recursing into wrapped distributions (``base_dist``).
+class _DetachParams(Messenger):
+    """Detach the value of every ``param`` statement (``pyro.param``, PyroModule ``PyroParam``)."""
 
-    Restriction: parameters held outside the distribution's own attributes or nested
-    distributions (e.g. inside the ``transforms`` of a TransformedDistribution, such as a
-    normalizing flow's networks) are not detached; for such sites the estimators below fall back
-    to the ordinary (still unbiased) gradient for those parameters.
+    def _pyro_post_param(self, msg):
+        if torch.is_tensor(msg["value"]):
+            msg["value"] = msg["value"].detach()
+
+
+@contextmanager
+def detached_parameters(guide):
+    """Within the block, the guide computes its distributions from *detached* parameters.
+
+    Two mechanisms, covering the usual ways a Pyro guide holds parameters: every parameter of
+    the :class:`torch.nn.Module` under the guide's handlers (``poutine.unwrap(guide)``, e.g. an
+    amortized encoder, PyroModule or plain) is swapped for a detached alias of the same storage
+    and restored afterwards; and the values of ``pyro.param`` statements are detached by an
+    effect handler. Yields the guide to call (wrapped by that handler).
     """
-    new = copy.copy(fn)
-    for key, value in vars(fn).items():
-        if torch.is_tensor(value):
-            new.__dict__[key] = value.detach()
-        elif isinstance(value, Distribution):
-            new.__dict__[key] = detach_distribution(value)
-    return new
+    root = poutine.unwrap(guide)
+    saved = []
+    if isinstance(root, nn.Module):
+        for module in root.modules():
+            for name, param in module._parameters.items():
+                if param is not None:
+                    saved.append((module, name, param))
+    try:
+        for module, name, param in saved:
+            module._parameters[name] = param.detach()
+        yield _DetachParams()(guide)
+    finally:
+        for module, name, param in saved:
+            module._parameters[name] = param
 
 
 def is_reparameterized_latent(site) -> bool:
@@ -46,18 +64,32 @@ def is_reparameterized_latent(site) -> bool:
     )
 
 
-def rescore_with_detached_parameters(guide_trace) -> None:
+def rescore_with_detached_parameters(guide, guide_trace, args, kwargs) -> None:
     """In place: give every reparameterized latent site of a scored guide trace the log-density
-    log q_{stop_grad(phi)}(z | x) of its (still differentiable) value z.
+    log q_{stop_grad(phi)}(z | ...) of its (still differentiable) value z.
 
-    Numerically nothing changes; only the gradient of log q w.r.t. the variational parameters
-    phi is removed, leaving the path derivative through z (Roeder et al. 2017). The site's
-    ``score_parts`` become ``(log_prob, 0, log_prob)``: a fully reparameterized entropy term.
+    The guide is re-run under :func:`poutine.replay` on the trace (same values, including any
+    upstream latents that a site's distribution depends on) with its parameters phi detached
+    (:func:`detached_parameters`). Numerically nothing changes; only the direct dependence of
+    log q on phi is removed, leaving the path derivative through the values (Roeder et al.
+    2017). The site's ``score_parts`` become ``(log_prob, 0, log_prob)``: a fully
+    reparameterized entropy term. Costs one more forward pass of the guide.
+
+    Restriction: the guide's parameters must live in the :class:`torch.nn.Module` it is (under
+    any effect handlers) or come from ``pyro.param``; parameters reached otherwise (e.g. a
+    module captured in a plain function's closure) are not detached, and those keep the ordinary
+    reparameterized gradient (still unbiased for STL).
     """
-    for site in guide_trace.nodes.values():
-        if not is_reparameterized_latent(site):
-            continue
-        unscaled = detach_distribution(site["fn"]).log_prob(site["value"])
+    names = [name for name, site in guide_trace.nodes.items() if is_reparameterized_latent(site)]
+    if not names:
+        return
+    with detached_parameters(guide) as frozen_guide:
+        replayed = poutine.trace(poutine.replay(frozen_guide, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+    for name in names:
+        site = guide_trace.nodes[name]
+        unscaled = replayed.nodes[name]["fn"].log_prob(site["value"])
         log_prob = scale_and_mask(unscaled, site["scale"], site["mask"])
         site["unscaled_log_prob"] = unscaled
         site["log_prob"] = log_prob
