@@ -29,7 +29,7 @@ Writes under ``--out`` (default ``benchmarks/results/gradient_estimators``), per
 Usage::
 
     python benchmarks/gradient_estimators.py                       # digits + binarized MNIST
-    python benchmarks/gradient_estimators.py --datasets digits --quick   # a smoke run (~1 min)
+    python benchmarks/gradient_estimators.py --datasets digits --quick   # a smoke run (a few minutes)
 
 Binarized MNIST is read from ``../shared/data/binarized_mnist.npz`` (``--mnist PATH`` to
 override). Timings are only comparable within one run on an otherwise idle machine.

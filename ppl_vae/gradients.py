@@ -80,10 +80,17 @@ STAT_KEYS = (
 
 
 def _params_of(fn, *args, **kwargs) -> list[torch.Tensor]:
-    """Trainable tensors of a Pyro callable: ``nn.Module.parameters()`` plus ``pyro.param``."""
+    """Trainable tensors of a Pyro callable.
+
+    For an ``nn.Module`` (possibly wrapped by effect handlers) its own ``parameters()``: the
+    values recorded at its ``param`` statements may be same-named tensors that Pyro's global
+    parameter store kept from an earlier instance. Otherwise the values of its ``pyro.param``
+    statements.
+    """
+    root = poutine.unwrap(fn)
+    if isinstance(root, nn.Module):
+        return [p for p in root.parameters() if p.requires_grad]
     params: dict[int, torch.Tensor] = {}
-    if isinstance(fn, nn.Module):
-        params.update((id(p), p) for p in fn.parameters() if p.requires_grad)
     with poutine.trace(param_only=True) as tr:
         with torch.no_grad():
             fn(*args, **kwargs)
@@ -127,7 +134,7 @@ class _Welford:
         self.m2 = torch.zeros(size, dtype=torch.float64)
 
     def add(self, g: torch.Tensor) -> None:
-        g = g.to(torch.float64)
+        g = g.detach().to(device="cpu", dtype=torch.float64)
         self.n += 1
         delta = g - self.mean
         self.mean += delta / self.n
@@ -139,12 +146,14 @@ class _Welford:
 
 
 def _flat_grad(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The parameters' gradients as one flat float64 CPU vector (zeros where none)."""
     return torch.cat(
         [
-            (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
+            (p.grad if p.grad is not None else torch.zeros_like(p))
+            .detach().reshape(-1).to(device="cpu", dtype=torch.float64)
             for p in params
         ]
-    ) if params else torch.zeros(0)
+    ) if params else torch.zeros(0, dtype=torch.float64)
 
 
 def _zero_grad(params: Iterable[torch.Tensor]) -> None:

@@ -355,30 +355,23 @@ def _mean_guide_gradient(objective, model, guide, x, k, seeds, repeats=5000):
     return torch.stack(out).mean(0)
 
 
-DREG_BIAS = pytest.mark.xfail(
-    strict=True,
-    reason="ppl_vae.infer.dreg_elbo re-scores log q with *all* distribution parameters "
-           "detached, which also drops d log q(z_l | parent) / d parent (phi fixed) -- part of "
-           "the DReG path derivative when a guide factor depends on an earlier sample (both "
-           "hierarchical guides). Expected guide gradient vs IWAE's: off by ~2% (bottom-up; "
-           "12 standard errors with 4 x 20000 independent repeats) and ~15% (top-down)")
-
-
-@pytest.mark.parametrize("reference,estimator,k,guide_kind", [
-    ("trace", "stl", 1, "bottom-up"),
-    ("trace", "stl", 1, "top-down"),
-    pytest.param("iwae", "dreg", 5, "bottom-up", marks=DREG_BIAS),
-    pytest.param("iwae", "dreg", 5, "top-down", marks=DREG_BIAS),
+@pytest.mark.parametrize("reference,estimator,k,guide_kind,tol", [
+    ("trace", "stl", 1, "bottom-up", 0.01),
+    ("trace", "stl", 1, "top-down", 0.01),
+    ("iwae", "dreg", 5, "bottom-up", 0.01),
+    ("iwae", "dreg", 5, "top-down", 0.04),
 ], ids=["stl-bottom-up", "stl-top-down", "dreg-bottom-up", "dreg-top-down"])
 def test_path_derivative_estimators_are_unbiased_on_hierarchical_guides(
-        linear_gaussian, reference, estimator, k, guide_kind):
+        linear_gaussian, reference, estimator, k, guide_kind, tol):
     """STL (Roeder et al. 2017) and DReG (Tucker et al. 2018) must have the expected guide
     gradient of the estimator they replace (trace / iwae-K): they only drop or rewrite terms of
     zero mean. Guide: the exact linear-Gaussian guide perturbed (means +0.3, raw scales +0.5,
     mean weights x0.7), trainable. Both estimators see the same random numbers (2 seeds x 5000
     particle sets per point), so the difference is mostly their own extra noise; tolerance 1%
-    of the largest gradient component (observed over 3 seed pairs: STL <= 0.6%; DReG
-    bottom-up 1.3-2.2%, top-down 15-17%)."""
+    of the largest gradient component, 4% for DReG with the top-down guide, where the IWAE
+    reference itself varies by 2.7% from seed to seed (observed now: STL <= 0.6%, DReG
+    bottom-up < 1%, top-down 1.5%; a DReG that detached the parent latents too was off by
+    2% bottom-up and 15% top-down, which these tolerances catch)."""
     lg, x = linear_gaussian
     x = x[:4]
     model = lg.model()
@@ -392,7 +385,7 @@ def test_path_derivative_estimators_are_unbiased_on_hierarchical_guides(
     ref = _mean_guide_gradient(reference, model, guide, x, k, seeds=(0, 1))
     est = _mean_guide_gradient(estimator, model, guide, x, k, seeds=(0, 1))
     rel = float((ref - est).abs().max() / ref.abs().max())
-    assert rel < 0.01, f"max |E grad {estimator} - E grad {reference}| = {rel:.4f} x max |grad|"
+    assert rel < tol, f"max |E grad {estimator} - E grad {reference}| = {rel:.4f} x max |grad|"
 
 
 def test_sampling_and_reconstruction_on_a_three_layer_model():

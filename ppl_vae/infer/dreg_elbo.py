@@ -75,7 +75,7 @@ class DReG_ELBO(IWAE_ELBO):
                 if site["type"] == "sample":
                     check_site_shape(site, self.max_plate_nesting)
             check_if_enumerated(guide_trace)
-        rescore_with_detached_parameters(guide, guide_trace, args, kwargs)
+        rescore_with_detached_parameters(guide, guide_trace, args, kwargs, model=model)
         return model_trace, guide_trace
 
     def _before_backward(self, weights, latents, vectorized) -> None:

@@ -36,5 +36,5 @@ class STL_ELBO(Trace_ELBO):
 
     def _get_trace(self, model, guide, args, kwargs):
         model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
-        rescore_with_detached_parameters(guide, guide_trace, args, kwargs)
+        rescore_with_detached_parameters(guide, guide_trace, args, kwargs, model=model)
         return model_trace, guide_trace

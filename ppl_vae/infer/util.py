@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -30,26 +31,33 @@ class _DetachParams(Messenger):
 
 
 @contextmanager
-def detached_parameters(guide):
-    """Within the block, the guide computes its distributions from *detached* parameters.
+def detached_parameters(guide, *others):
+    """Within the block, ``guide`` computes its distributions from *detached* parameters.
 
-    Two mechanisms, covering the usual ways a Pyro guide holds parameters: every parameter of
-    the :class:`torch.nn.Module` under the guide's handlers (``poutine.unwrap(guide)``, e.g. an
-    amortized encoder, PyroModule or plain) is swapped for a detached alias of the same storage
-    and restored afterwards; and the values of ``pyro.param`` statements are detached by an
-    effect handler. Yields the guide to call (wrapped by that handler).
+    Two mechanisms, covering the usual ways a Pyro program holds parameters: every parameter of
+    the :class:`torch.nn.Module` under the handlers of ``guide`` and of each of ``others``
+    (``poutine.unwrap``; e.g. the model, whose conditionals a top-down guide may share) is
+    swapped for a detached alias of the same storage and restored afterwards; and the values of
+    ``pyro.param`` statements are detached by an effect handler. Yields the guide to call
+    (wrapped by that handler).
     """
-    root = poutine.unwrap(guide)
-    saved = []
-    if isinstance(root, nn.Module):
+    saved, seen = [], set()
+    for fn in (guide, *others):
+        root = poutine.unwrap(fn)
+        if not isinstance(root, nn.Module):
+            continue
         for module in root.modules():
             for name, param in module._parameters.items():
-                if param is not None:
+                if param is not None and (id(module), name) not in seen:
+                    seen.add((id(module), name))
                     saved.append((module, name, param))
     try:
         for module, name, param in saved:
             module._parameters[name] = param.detach()
-        yield _DetachParams()(guide)
+        with warnings.catch_warnings():
+            # pyro.module (global param store mode) notes that detached tensors are not stored
+            warnings.filterwarnings("ignore", message=".*not registered in the param store")
+            yield _DetachParams()(guide)
     finally:
         for module, name, param in saved:
             module._parameters[name] = param
@@ -64,15 +72,17 @@ def is_reparameterized_latent(site) -> bool:
     )
 
 
-def rescore_with_detached_parameters(guide, guide_trace, args, kwargs) -> None:
+def rescore_with_detached_parameters(guide, guide_trace, args, kwargs, model=None) -> None:
     """In place: give every reparameterized latent site of a scored guide trace the log-density
     log q_{stop_grad(phi)}(z | ...) of its (still differentiable) value z.
 
     The guide is re-run under :func:`poutine.replay` on the trace (same values, including any
     upstream latents that a site's distribution depends on) with its parameters phi detached
-    (:func:`detached_parameters`). Numerically nothing changes; only the direct dependence of
-    log q on phi is removed, leaving the path derivative through the values (Roeder et al.
-    2017). The site's ``score_parts`` become ``(log_prob, 0, log_prob)``: a fully
+    (:func:`detached_parameters`), and the ``model``'s too, since a guide may share model
+    components (the conditionals p(z_l | z_{l+1}) of a top-down guide): every parameter of q is
+    held fixed, as the path derivative requires. Numerically nothing changes; only the direct
+    dependence of log q on phi is removed, leaving the path derivative through the values
+    (Roeder et al. 2017). The site's ``score_parts`` become ``(log_prob, 0, log_prob)``: a fully
     reparameterized entropy term. Costs one more forward pass of the guide.
 
     Restriction: the guide's parameters must live in the :class:`torch.nn.Module` it is (under
@@ -83,7 +93,8 @@ def rescore_with_detached_parameters(guide, guide_trace, args, kwargs) -> None:
     names = [name for name, site in guide_trace.nodes.items() if is_reparameterized_latent(site)]
     if not names:
         return
-    with detached_parameters(guide) as frozen_guide:
+    others = () if model is None else (model,)
+    with detached_parameters(guide, *others) as frozen_guide:
         replayed = poutine.trace(poutine.replay(frozen_guide, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
