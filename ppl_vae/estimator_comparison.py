@@ -35,12 +35,12 @@ from typing import Sequence
 import pandas as pd
 import pyro
 import torch
-from pyro.infer import Trace_ELBO
 
 from .errors import ConfigError
 from .gradients import gradient_statistics
 from .objectives import make_objective, objective_spec
 from .svi import SVI
+from .training import estimate_elbo
 
 __all__ = ["ComparisonResult", "compare_estimators", "plot_comparison", "summary_table"]
 
@@ -58,30 +58,12 @@ class ComparisonResult:
     gradients: dict
 
 
-@torch.no_grad()
-def _elbo_per_point(model, guide, x, seed: int, batch_size: int = 1000) -> float:
-    elbo = Trace_ELBO(num_particles=1, max_plate_nesting=1)
-    total = 0.0
-    with torch.random.fork_rng(devices=[]):
-        pyro.set_rng_seed(seed)
-        for i in range(0, x.shape[0], batch_size):
-            total -= elbo.loss(model, guide, x[i: i + batch_size])
-    return total / x.shape[0]
-
-
 def _is_log_likelihood(model, guide, x, num_samples: int, seed: int) -> float:
+    from .marginal import importance_sampling
+
     with torch.random.fork_rng(devices=[]):
         pyro.set_rng_seed(seed)
-        try:
-            from .marginal import importance_sampling
-        except ImportError:  # pragma: no cover - the marginal module ships with the package
-            return _iwae_bound(model, guide, x, num_samples)
         return float(importance_sampling(model, guide, x, num_samples).log_likelihood.mean())
-
-
-@torch.no_grad()
-def _iwae_bound(model, guide, x, num_samples: int) -> float:
-    return -make_objective(f"iwae-{num_samples}").loss(model, guide, x) / x.shape[0]
 
 
 def build_pair(family: str, x_dim: int, latent_dim: int, hidden: Sequence[int],
@@ -175,7 +157,7 @@ def compare_estimators(
         eval_seed = seed + 1
 
         def record(step):
-            elbo = _elbo_per_point(model, guide, eval_x, eval_seed)
+            elbo = estimate_elbo(model, guide, eval_x, seed=eval_seed)
             rows.append({"estimator": name, "step": step, "seconds": seconds, "metric": "elbo",
                          "value": elbo})
             if count:
@@ -201,7 +183,7 @@ def compare_estimators(
                 running, count = 0.0, 0
             if progress and step % max(1, steps // 10) == 0:
                 print(f"  {name}: step {step}/{steps}, {seconds:.1f}s", flush=True)
-        final_elbo = _elbo_per_point(model, guide, eval_x, eval_seed)
+        final_elbo = estimate_elbo(model, guide, eval_x, seed=eval_seed)
         is_ll = _is_log_likelihood(model, guide, eval_x, is_samples, seed + 2)
         rows.append({"estimator": name, "step": step, "seconds": seconds,
                      "metric": "is_log_likelihood", "value": is_ll})

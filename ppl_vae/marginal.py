@@ -426,6 +426,28 @@ def _pareto_k(lw: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Chunked evaluation allocates and frees the same large activations thousands of times; with
+    glibc's dynamic mmap threshold they end up on the heap, which then fragments: measured on a
+    784-500-500-50 VAE at K = 5000 over 10,000 points, peak RSS grew from 1.3 GB to 4.5 GB over
+    the run. Trimming after every data chunk keeps it flat (~1.3 GB)."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
         yield start, min(n, start + size)
@@ -477,6 +499,7 @@ def _run_weights(name, log_weight_fn, x, k, batch_size, particle_chunk, layout, 
             stats.append(_weight_stats(lw))
             if kept is not None:
                 kept.append(lw)
+            _release_free_memory()
     return _collect(name, stats, k, layout, t0, log_weights=kept)
 
 
@@ -890,6 +913,7 @@ def annealed_importance_sampling(
             step_sizes.append(eps_sum)
             if kept is not None:
                 kept.append(lw)
+            _release_free_memory()
     info = {
         "num_steps": t_steps,
         "num_leapfrog": num_leapfrog,
