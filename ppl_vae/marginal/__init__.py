@@ -1,0 +1,73 @@
+r"""Marginal likelihood log p(x) = log ∫ p(x|z) p(z) dz of any Pyro model/guide pair.
+
+Three estimators, each returning one estimate per data point (a
+:class:`MarginalLikelihoodResult` with ``log_likelihood`` of shape ``(N,)`` plus diagnostics):
+
+:func:`naive_monte_carlo`
+    z_k ~ p(z), log p̂(x) = log (1/K) Σ_k p(x | z_k). Unbiased for p(x), but its variance
+    explodes when the posterior is much narrower than the prior (high-dimensional x): log p̂ is
+    then far *below* log p(x) (Jensen), and the weights are dominated by one sample.
+:func:`importance_sampling`
+    z_k ~ q(z|x), log p̂(x) = log (1/K) Σ_k p(x, z_k) / q(z_k|x): the importance-weighted bound
+    L_K of Burda, Grosse & Salakhutdinov (2016), "Importance Weighted Autoencoders". E[L_K] ≤
+    log p(x), L_1 = ELBO, L_K increases with K and tends to log p(x). With q = p(z|x) every weight
+    equals p(x) and the estimate is exact.
+:func:`annealed_importance_sampling`
+    AIS (Neal 2001, "Annealed importance sampling", Statistics and Computing 11) along the
+    geometric path f_t(z) = q(z)^(1-β_t) p(x, z)^(β_t), 0 = β_0 < ... < β_T = 1, from the guide
+    q(z|x) (or the prior) to the unnormalized posterior, with Hamiltonian Monte Carlo
+    transitions whose step size is adapted towards an acceptance rate of 0.65 — the evaluation
+    protocol of Wu, Burda, Salakhutdinov & Grosse (2017), "On the Quantitative Analysis of
+    Decoder-Based Generative Models". Each chain's log weight is
+    Σ_{t=1}^T (β_t - β_{t-1}) [log p(x, z_{t-1}) - log q(z_{t-1})], an unbiased estimate of
+    p(x) (so log of the chain average is again a stochastic lower bound).
+
+Diagnostics (per data point, from the K log weights log w_k):
+
+* ``ess``: effective sample size 1 / Σ_k w̃_k² of the normalized weights w̃_k = w_k / Σ_j w_j
+  (Kong 1992); between 1 and K.
+* ``pareto_k``: the shape k̂ of a generalized Pareto distribution fitted to the largest weights,
+  via :func:`arviz.psislw` (Vehtari, Simpson, Gelman, Yao & Gabry, "Pareto smoothed importance
+  sampling", JMLR 2024). k̂ > 0.7 (:attr:`MarginalLikelihoodResult.PARETO_K_THRESHOLD`) means the
+  weights' variance is (practically) infinite and the estimate is unreliable whatever the ESS
+  says (``unreliable``). k̂ is NaN when it cannot be fitted: K < 21 (fewer than 5 tail samples),
+  or ties among the largest weights (a discrete latent, or an exact guide with equal weights).
+* ``stderr``: the delta-method standard error of log p̂: sd(w) / (sqrt(K) mean(w)), computed
+  with the weights scaled by their maximum (NaN for K = 1). Only meaningful when k̂ ≤ 0.7.
+* ``log_weight_mean`` / ``log_weight_var``: mean and variance of the log weights (for
+  importance sampling the mean is the K-sample estimate of the ELBO; for AIS the variance across
+  chains is the usual AIS diagnostic).
+
+Conventions for model/guide pairs. ``model(x)`` and ``guide(x)`` are Pyro callables that put the
+data points — the first dimension of ``x`` — in a vectorized ``pyro.plate``; ``model`` observes
+``x`` (any number of observed sites). Latent sites are the model's non-observed sample sites,
+whatever their names, number and event shapes; the guide must have exactly the same latent sites.
+The *data plate* is assumed to be the rightmost batch dimension (``data_dim=-1``; pass another
+``data_dim`` if your data plate is elsewhere); log densities are summed over every other plate.
+The K samples are drawn in one vectorized call through an extra ``pyro.plate`` at dimension
+``-(max_plate_nesting + 1)``, left of all the model's plates, so the model must broadcast over
+extra leading batch dimensions (the usual requirement of ``vectorize_particles=True`` in Pyro).
+``max_plate_nesting`` is read from a probe trace unless given. Every latent site must be inside
+the data plate (one latent set per data point): a global latent makes log p(x_n) non-separable.
+Each site's ``log_prob`` includes the site's scale and mask (Pyro semantics), so call the model
+without minibatch rescaling (no ``num_data``).
+
+Memory and precision: the work is split into chunks of ``batch_size`` data points times
+``particle_chunk`` samples, so peak memory depends on the chunk sizes, not on N or K; the
+defaults keep each chunk near 2**25 floats per tensor for importance sampling (2**22 for AIS,
+which also keeps an autograd graph). Each point's K log weights are kept in float64 and combined
+with log-sum-exp. Model and guide are called as ``model(x_chunk)`` / ``guide(x_chunk)``, so they
+must accept any number of data points (amortized guides do); pass ``batch_size >= N`` otherwise.
+All of this runs under ``torch.no_grad()`` except AIS's gradients with respect to z.
+"""
+
+from .ais import annealed_importance_sampling
+from .importance import importance_sampling, naive_monte_carlo
+from .result import MarginalLikelihoodResult
+
+__all__ = [
+    "MarginalLikelihoodResult",
+    "annealed_importance_sampling",
+    "importance_sampling",
+    "naive_monte_carlo",
+]

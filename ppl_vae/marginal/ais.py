@@ -1,0 +1,358 @@
+"""Annealed importance sampling (Neal 2001) with HMC transitions (Wu et al. 2017)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions import constraints
+from torch.distributions import biject_to
+
+from ..errors import ConfigError
+from ._common import (
+    PARTICLES,
+    _AIS_ELEMENT_BUDGET,
+    _Layout,
+    _SCHEDULES,
+    _check_data,
+    _check_same_latents,
+    _chunks,
+    _collect,
+    _default_chunks,
+    _optional_positive_int,
+    _per_point,
+    _positive_int,
+    _probe,
+    _progress,
+    _release_free_memory,
+    _sample_sites,
+    _sum_log_prob,
+    _weight_stats,
+)
+from .result import MarginalLikelihoodResult
+
+# ------------------------------------------------------------------------------------------
+# annealed importance sampling
+# ------------------------------------------------------------------------------------------
+def _schedule(schedule, num_steps: int) -> torch.Tensor:
+    """β_0 = 0 < β_1 < ... < β_T = 1 (float64, length T + 1)."""
+    if isinstance(schedule, str):
+        t = num_steps
+        if schedule == "linear" or t == 1:
+            betas = torch.linspace(0.0, 1.0, t + 1, dtype=torch.float64)
+        elif schedule == "geometric":
+            # β_1..β_T geometrically spaced from 1e-4 to 1 (Neal 2001 uses geometric spacing)
+            betas = torch.cat([
+                torch.zeros(1, dtype=torch.float64),
+                torch.logspace(-4.0, 0.0, t, dtype=torch.float64),
+            ])
+        elif schedule == "sigmoid":
+            # Grosse et al. 2016 / Wu et al. 2017: β_t ∝ σ(δ (2t/T - 1)), rescaled to [0, 1], δ = 4
+            s = torch.sigmoid(torch.linspace(-4.0, 4.0, t + 1, dtype=torch.float64))
+            betas = (s - s[0]) / (s[-1] - s[0])
+        else:
+            raise ConfigError(
+                f"unknown AIS schedule {schedule!r}; choose one of {_SCHEDULES} or pass the "
+                "temperatures β_0 = 0 < ... < β_T = 1"
+            )
+        betas[0], betas[-1] = 0.0, 1.0
+        return betas
+    try:
+        betas = torch.as_tensor(schedule, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"cannot read the AIS schedule {schedule!r}: {exc}") from None
+    if (
+        betas.numel() < 2
+        or float(betas[0]) != 0.0
+        or float(betas[-1]) != 1.0
+        or bool((betas[1:] < betas[:-1]).any())
+    ):
+        raise ConfigError(
+            "an explicit AIS schedule must be non-decreasing from β_0 = 0 to β_T = 1 "
+            "(at least two values)"
+        )
+    return betas
+
+
+@dataclass
+class _LatentSite:
+    name: str
+    transform: object  # unconstrained -> support
+    u_event_dim: int
+    identity: bool
+
+
+def _latent_transforms(layout: _Layout) -> list[_LatentSite]:
+    out = []
+    for name in layout.latent:
+        support = layout.supports[name]
+        if support.is_discrete:
+            raise ConfigError(
+                f"latent site {name!r} is discrete ({support}); AIS with HMC needs continuous "
+                "latents (use importance_sampling or naive_monte_carlo)"
+            )
+        try:
+            t = biject_to(support)
+        except NotImplementedError:
+            raise ConfigError(
+                f"latent site {name!r} has support {support} with no bijection to the reals"
+            ) from None
+        base = support.base_constraint if isinstance(support, constraints.independent) else support
+        identity = base is constraints.real
+        out.append(_LatentSite(name, t, int(t.domain.event_dim), identity))
+    return out
+
+
+def _cb_view(v: torch.Tensor, u: torch.Tensor, site: _LatentSite, layout: _Layout):
+    """View a (chains or 1, points) tensor so that it broadcasts against the site tensor ``u``."""
+    nb = layout.max_plate_nesting + 1
+    if u.dim() - site.u_event_dim != nb:
+        raise ConfigError(
+            f"latent site {site.name!r} has shape {tuple(u.shape)}, expected "
+            f"{nb} batch dimensions (max_plate_nesting + 1) and {site.u_event_dim} event "
+            "dimension(s)"
+        )
+    shape = [1] * nb
+    shape[0] = v.shape[0]
+    shape[nb + layout.data_dim] = v.shape[1]
+    return v.reshape(shape + [1] * site.u_event_dim)
+
+
+class _AnnealedTarget:
+    """log q(z) and log p(x, z) (with the Jacobian of z = T(u)) and their gradients in u."""
+
+    def __init__(self, model, guide, xb, chains, layout, sites, init):
+        self.model, self.guide, self.xb = model, guide, xb
+        self.chains, self.layout, self.sites, self.init = chains, layout, sites, init
+        self.shape = (chains, xb.shape[0])
+
+    def initial(self) -> dict:
+        fn = self.guide if self.init == "guide" else self.model
+        with torch.no_grad(), pyro.plate(PARTICLES, self.chains, dim=self.layout.particle_dim):
+            tr = poutine.trace(fn).get_trace(self.xb)
+        return {s.name: s.transform.inv(tr.nodes[s.name]["value"]).detach() for s in self.sites}
+
+    def __call__(self, u: dict):
+        """(A, B, grad A, grad B) with A = log q + log|J|, B = log p(x, z) + log|J|."""
+        layout, shape = self.layout, self.shape
+        with torch.enable_grad(), pyro.validation_enabled(False):
+            ur = {name: v.detach().requires_grad_(True) for name, v in u.items()}
+            z, ldj = {}, 0.0
+            for s in self.sites:
+                zs = s.transform(ur[s.name])
+                z[s.name] = zs
+                if not s.identity:
+                    ldj = ldj + _per_point(s.transform.log_abs_det_jacobian(ur[s.name], zs), layout)
+            with pyro.plate(PARTICLES, self.chains, dim=layout.particle_dim):
+                mtr = poutine.trace(poutine.condition(self.model, data=z)).get_trace(self.xb)
+                gtr = None
+                if self.init == "guide":
+                    gtr = poutine.trace(poutine.condition(self.guide, data=z)).get_trace(self.xb)
+            mtr.compute_log_prob()
+            log_p = _sum_log_prob(mtr, [name for name, _ in _sample_sites(mtr)], layout, shape)
+            if gtr is None:
+                log_q = _sum_log_prob(mtr, list(z), layout, shape)
+            else:
+                names = [name for name, _ in _sample_sites(gtr)]
+                _check_same_latents(list(z), names)
+                gtr.compute_log_prob()
+                log_q = _sum_log_prob(gtr, names, layout, shape)
+            a, b = log_q + ldj, log_p + ldj
+            inputs = list(ur.values())
+            ga = torch.autograd.grad(a.sum(), inputs, retain_graph=True, allow_unused=True)
+            gb = torch.autograd.grad(b.sum(), inputs, allow_unused=True)
+        zero = torch.zeros_like
+        ga = {n: zero(v) if g is None else g for (n, v), g in zip(ur.items(), ga)}
+        gb = {n: zero(v) if g is None else g for (n, v), g in zip(ur.items(), gb)}
+        return a.detach(), b.detach(), ga, gb
+
+
+def _kinetic(p: dict, sites, layout) -> torch.Tensor:
+    total = 0.0
+    for s in sites:
+        total = total + _per_point(0.5 * p[s.name] ** 2, layout, s.u_event_dim)
+    return total
+
+
+def _hmc_step(target, sites, layout, state, beta: float, eps, num_leapfrog: int):
+    """One HMC transition leaving f_β ∝ q^(1-β) p(x,·)^β invariant, for every (chain, point).
+
+    Identity mass matrix, ``num_leapfrog`` leapfrog steps of size ``eps`` (one per data point),
+    Metropolis accept/reject per (chain, point); non-finite energies are rejected.
+    """
+    u, a, b, ga, gb = state
+    eps_v = {s.name: _cb_view(eps[None, :], u[s.name], s, layout) for s in sites}
+
+    def grad(ga_, gb_):
+        return {n: (1.0 - beta) * ga_[n] + beta * gb_[n] for n in ga_}
+
+    p0 = {n: torch.randn_like(v) for n, v in u.items()}
+    g = grad(ga, gb)
+    p = {n: p0[n] + 0.5 * eps_v[n] * g[n] for n in u}
+    un = dict(u)
+    for i in range(num_leapfrog):
+        un = {n: un[n] + eps_v[n] * p[n] for n in u}
+        a1, b1, ga1, gb1 = target(un)
+        g = grad(ga1, gb1)
+        scale = 1.0 if i < num_leapfrog - 1 else 0.5
+        p = {n: p[n] + scale * eps_v[n] * g[n] for n in u}
+    h0 = -((1.0 - beta) * a + beta * b) + _kinetic(p0, sites, layout)
+    h1 = -((1.0 - beta) * a1 + beta * b1) + _kinetic(p, sites, layout)
+    log_ratio = (h0 - h1).double()
+    accept_prob = torch.exp(log_ratio.clamp(max=0.0))
+    accept_prob = torch.where(torch.isfinite(h1), accept_prob, torch.zeros_like(accept_prob))
+    accept_prob = torch.nan_to_num(accept_prob, nan=0.0)
+    accept = torch.rand_like(accept_prob) < accept_prob
+    new_u, new_ga, new_gb = {}, {}, {}
+    for s in sites:
+        m = _cb_view(accept, u[s.name], s, layout)
+        new_u[s.name] = torch.where(m, un[s.name], u[s.name])
+        new_ga[s.name] = torch.where(m, ga1[s.name], ga[s.name])
+        new_gb[s.name] = torch.where(m, gb1[s.name], gb[s.name])
+    new_a = torch.where(accept, a1, a)
+    new_b = torch.where(accept, b1, b)
+    return (new_u, new_a, new_b, new_ga, new_gb), accept_prob
+
+
+@torch.no_grad()
+def annealed_importance_sampling(
+    model: Callable,
+    guide: Callable | None,
+    x: torch.Tensor,
+    num_samples: int,
+    num_steps: int,
+    *,
+    init: str = "guide",
+    schedule: str | Sequence[float] = "sigmoid",
+    num_leapfrog: int = 10,
+    step_size: float = 0.05,
+    target_accept: float = 0.65,
+    adapt_step_size: bool = True,
+    min_step_size: float = 1e-4,
+    max_step_size: float = 0.5,
+    batch_size: int | None = None,
+    particle_chunk: int | None = None,
+    max_plate_nesting: int | None = None,
+    data_dim: int = -1,
+    progress: bool = False,
+    return_log_weights: bool = False,
+) -> MarginalLikelihoodResult:
+    r"""Annealed importance sampling (Neal 2001) with HMC, per data point; ``num_samples`` chains.
+
+    Path: the geometric path (geometric averages) f_t(z) = q(z)^{1-β_t} p(x, z)^{β_t} with q =
+    the guide q(z|x) (``init="guide"``) or the prior p(z) (``init="prior"``; ``guide`` may then
+    be None). The temperatures β come from ``schedule``: ``"sigmoid"`` (default, the spacing of
+    Grosse, Maddison & Salakhutdinov 2013 used by Wu et al. 2017: β_t ∝ σ(4 (2t/T - 1)), rescaled
+    to [0, 1]), ``"geometric"`` (β_1..β_T log-spaced from 1e-4 to 1, Neal 2001), ``"linear"``, or
+    an explicit sequence 0 = β_0 ≤ ... ≤ β_T = 1 (which then sets T, whatever ``num_steps``
+    says); ``num_steps`` = T. On a linear-Gaussian test
+    problem the sigmoid spacing had 2-5x lower log-weight variance than the geometric one for
+    the same T when starting from the guide (the geometric spacing spends half its steps at
+    β < 0.01), and was between geometric and linear when starting from the prior. Each chain starts at z_0 ~ q, and for t = 1..T
+    adds (β_t - β_{t-1}) [log p(x, z_{t-1}) - log q(z_{t-1})] to its log weight and then (for
+    t < T) moves z by one HMC transition that leaves f_t invariant. T = 1 is plain importance
+    sampling. E[w] = p(x), so log (1/C) Σ_c w_c is a stochastic lower bound on log p(x)
+    that becomes exact as T grows (Neal 2001; Wu et al. 2017 use this to evaluate
+    decoder-based models).
+
+    HMC (identity mass, ``num_leapfrog`` leapfrog steps) runs on unconstrained values
+    u = T^{-1}(z) (``biject_to(support)``; identity for real latents, with the log-Jacobian
+    added to both ends of the path, where it cancels from the weights). Following Wu et al. 2017,
+    the step size (one per data point, shared by its chains, starting at ``step_size``) is
+    multiplied by 1.02 when a running average of the acceptance rate (smoothing 0.9) exceeds
+    ``target_accept`` = 0.65 and by 0.98 otherwise, clipped to [``min_step_size``,
+    ``max_step_size``]; the adaptation uses only past transitions, so each transition still
+    leaves f_t invariant and the weights stay valid. Discrete latents are rejected
+    (:class:`ConfigError`).
+
+    ``log_weight_var`` is the variance of the log weights across chains; ``info`` has the mean
+    acceptance rate and final step size per point. Chunking over points (``batch_size``) and
+    chains (``particle_chunk``; chunks adapt their step sizes separately) bounds memory.
+    """
+    t0 = time.perf_counter()
+    c = _positive_int(num_samples, "num_samples")
+    t_steps = _positive_int(num_steps, "num_steps")
+    num_leapfrog = _positive_int(num_leapfrog, "num_leapfrog")
+    batch_size = _optional_positive_int(batch_size, "batch_size")
+    particle_chunk = _optional_positive_int(particle_chunk, "particle_chunk")
+    if init not in ("guide", "prior"):
+        raise ConfigError(f"init must be 'guide' or 'prior', got {init!r}")
+    if init == "guide" and guide is None:
+        raise ConfigError("init='guide' needs a guide; pass init='prior' to start from p(z)")
+    for name, v in (("step_size", step_size), ("min_step_size", min_step_size),
+                    ("max_step_size", max_step_size)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ConfigError(f"{name} must be a positive number, got {v!r}")
+    if not 0.0 < float(target_accept) < 1.0:
+        raise ConfigError(f"target_accept must be in (0, 1), got {target_accept!r}")
+    if isinstance(schedule, str) and schedule not in _SCHEDULES:
+        raise ConfigError(
+            f"unknown AIS schedule {schedule!r}; choose one of {_SCHEDULES} or pass the "
+            "temperatures β_0 = 0 < ... < β_T = 1"
+        )
+    betas = None if isinstance(schedule, str) else _schedule(schedule, t_steps)
+    x = _check_data(x)
+    layout = _probe(model, guide, x, max_plate_nesting=max_plate_nesting, data_dim=data_dim,
+                    use_guide=init == "guide")
+    if betas is None:
+        betas = _schedule(schedule, t_steps)
+    t_steps = betas.numel() - 1
+    sites = _latent_transforms(layout)
+    n = x.shape[0]
+    batch_size, particle_chunk = _default_chunks(
+        c, batch_size, particle_chunk, layout.num_dims, n, _AIS_ELEMENT_BUDGET
+    )
+    n_chunks = math.ceil(n / batch_size) * math.ceil(c / particle_chunk)
+    stats, kept, acc_rates, step_sizes = [], ([] if return_log_weights else None), [], []
+    with _progress(progress, n_chunks * t_steps, "ais", "step") as bar:
+        for b0, b1 in _chunks(n, batch_size):
+            xb = x[b0:b1]
+            lw = torch.empty(b1 - b0, c, dtype=torch.float64)
+            acc_sum = torch.zeros(b1 - b0, dtype=torch.float64)
+            eps_sum = torch.zeros(b1 - b0, dtype=torch.float64)
+            for k0, k1 in _chunks(c, particle_chunk):
+                target = _AnnealedTarget(model, guide, xb, k1 - k0, layout, sites, init)
+                u = target.initial()
+                state = (u, *target(u))
+                ref = next(iter(u.values()))
+                logw = torch.zeros(target.shape, dtype=torch.float64, device=ref.device)
+                eps = torch.full((b1 - b0,), float(step_size), dtype=ref.dtype, device=ref.device)
+                avg_acc = torch.full((b1 - b0,), float(target_accept), dtype=torch.float64,
+                                     device=ref.device)
+                acc_total = torch.zeros(b1 - b0, dtype=torch.float64, device=ref.device)
+                for t in range(1, t_steps + 1):
+                    _, a, b, _, _ = state
+                    logw += (betas[t] - betas[t - 1]).item() * (b - a).double()
+                    if t < t_steps:
+                        state, acc = _hmc_step(target, sites, layout, state, float(betas[t]),
+                                               eps, num_leapfrog)
+                        acc_point = acc.mean(0)
+                        acc_total += acc_point
+                        if adapt_step_size:
+                            avg_acc = 0.9 * avg_acc + 0.1 * acc_point
+                            eps = torch.where(avg_acc > target_accept, eps * 1.02, eps * 0.98)
+                            eps = eps.clamp(float(min_step_size), float(max_step_size))
+                    bar.update(1)
+                lw[:, k0:k1] = logw.to("cpu").T
+                acc_sum += acc_total.cpu() / max(1, t_steps - 1) * (k1 - k0) / c
+                eps_sum += eps.double().cpu() * (k1 - k0) / c
+            stats.append(_weight_stats(lw))
+            acc_rates.append(acc_sum if t_steps > 1 else torch.full_like(acc_sum, math.nan))
+            step_sizes.append(eps_sum)
+            if kept is not None:
+                kept.append(lw)
+            _release_free_memory()
+    info = {
+        "num_steps": t_steps,
+        "num_leapfrog": num_leapfrog,
+        "init": init,
+        "schedule": schedule if isinstance(schedule, str) else "custom",
+        "acceptance_rate": torch.cat(acc_rates),
+        "step_size": torch.cat(step_sizes),
+    }
+    return _collect("ais", stats, c, layout, t0, info=info, log_weights=kept)
