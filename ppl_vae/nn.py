@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import nn
 
 from .errors import ConfigError
@@ -36,6 +35,3 @@ class MLP(nn.Sequential):
                 layers.append(ACTIVATIONS[activation]())
         super().__init__(*layers)
         self.sizes = tuple(sizes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 (nn.Sequential semantics)
-        return super().forward(x)
