@@ -13,7 +13,7 @@ the script
 2. **checkpoint statistics**: trains a copy for ``--pretrain-steps`` with a reference estimator
    (``reparam`` for the VAE, ``score-nn`` for the SBN) and, at those fixed parameters, draws G =
    ``--draws`` gradient estimates per estimator on one fixed minibatch
-   (:func:`ppl_vae.gradients.gradient_statistics`): total / encoder / decoder variance, median
+   (:func:`ppl_vae.gradient_variance.gradient_statistics`): total / encoder / decoder variance, median
    SNR, cosine to the reparam (or, for the SBN, score-avg) mean gradient, seconds per gradient;
 3. **convergence**: trains one copy per estimator from the common initial weights, same seed,
    same minibatch sequence, ``--steps`` steps (:func:`ppl_vae.estimator_comparison.
@@ -51,24 +51,25 @@ import pyro
 import torch
 
 import ppl_vae
-from ppl_vae.commands.compare_estimators import load_binary_splits
+from ppl_vae.data import binary_splits
 from ppl_vae.estimator_comparison import (
     build_pair,
     compare_estimators,
     plot_comparison,
     summary_table,
 )
-from ppl_vae.gradients import gradient_statistics, statistics_frame
+from ppl_vae.gradient_variance import gradient_statistics, statistics_frame
+from ppl_vae.objectives import comparison_objectives, objective_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST = ROOT.parent / "shared" / "data" / "binarized_mnist.npz"
 
+# From the registry: every objective of the default comparison that applies to the family.
 ESTIMATORS = {
-    "vae": ["reparam", "analytic-kl", "score", "score-avg", "score-nn", "iwae-5", "rws-5", "stl",
-            "dreg-5"],
-    "sbn": ["score", "score-avg", "score-nn", "rws-5"],
+    "vae": comparison_objectives(5),
+    "sbn": [n for n in comparison_objectives(5) if objective_spec(n).can_infer_discrete],
 }
-REFERENCE = {"vae": "reparam", "sbn": "score-nn"}
+REFERENCE = {"vae": "trace", "sbn": "score-nn"}
 
 # Per data set: architecture and budget (overridable from the command line).
 SETTINGS = {
@@ -101,7 +102,7 @@ def run_one(data, family, args, settings, out_root):
     out = out_root / f"{data}-{family}"
     out.mkdir(parents=True, exist_ok=True)
     spec = str(args.mnist) if data == "binarized-mnist" else data
-    train_x, eval_x, _ = load_binary_splits(spec, settings["eval_split"], settings["eval_size"])
+    train_x, eval_x, _ = binary_splits(spec, settings["eval_split"], settings["eval_size"])
     latent = settings["latent"][family]
     estimators = ESTIMATORS[family]
     print(f"== {data} / {family}: latent {latent}, hidden {settings['hidden']}, "
@@ -126,7 +127,7 @@ def run_one(data, family, args, settings, out_root):
     result = compare_estimators(
         train_x, eval_x, estimators, model_family=family, steps=settings["steps"],
         batch_size=settings["batch_size"], lr=args.lr, seed=args.seed, is_samples=args.is_samples,
-        draws=args.draws, warmup=args.warmup, pair=(model0, guide0), progress=not args.quiet,
+        draws=args.draws, warmup=args.warmup, pair=(model0, guide0), progress=not args.no_progress,
     )
     result.tidy.to_csv(out / "results.csv", index=False)
     result.summary.to_csv(out / "summary.csv", index=False)
@@ -135,8 +136,8 @@ def run_one(data, family, args, settings, out_root):
 
 
 def checkpoint_table(frame: pd.DataFrame) -> str:
-    cols = ["estimator", "total_variance", "variance_encoder", "variance_decoder", "snr_median",
-            "cosine_to_reparam", "cosine_to_reference", "seconds_per_gradient"]
+    cols = ["objective", "total_variance", "variance_encoder", "variance_decoder", "snr_median",
+            "cosine_to_reference", "seconds_per_gradient"]
 
     def fmt(v):
         if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -167,7 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny budget: a smoke run")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
                    "gradient_estimators")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     defaults = QUICK if args.quick else dict(draws=100, is_samples=500, warmup=None)
     for key in ("draws", "is_samples", "warmup"):

@@ -95,7 +95,7 @@ def commands(args) -> list[list[str]]:
     if args.ais_limit:
         ais_limit = min(args.ais_limit, args.limit) if args.limit else args.ais_limit
         rows.append(base + ["--estimator", "ais", "--samples", str(args.ais_samples),
-                            "--steps", str(args.ais_steps), "--leapfrog", str(args.ais_leapfrog),
+                            "--anneal-steps", str(args.ais_steps), "--leapfrog", str(args.ais_leapfrog),
                             "--init", args.ais_init, "--limit", str(ais_limit)])
     return rows
 

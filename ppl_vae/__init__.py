@@ -19,10 +19,11 @@ from .errors import (  # noqa: E402
 from .objectives import (  # noqa: E402
     Objective,
     available_objectives,
+    can_infer_discrete,
+    comparison_objectives,
     make_objective,
     register_objective,
 )
-from . import estimators  # noqa: E402,F401  (registers the gradient estimators)
 from .plates import data_plate  # noqa: E402
 from .svi import SVI  # noqa: E402
 from .config import TrainConfig  # noqa: E402
@@ -52,6 +53,8 @@ __all__ = [
     "SVI",
     "TrainingDivergedError",
     "available_objectives",
+    "can_infer_discrete",
+    "comparison_objectives",
     "data_plate",
     "TrainConfig",
     "Dataset",

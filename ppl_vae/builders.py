@@ -36,16 +36,23 @@ def build_model_and_guide(config: TrainConfig, x_dim: int):
 GUIDES = ("bottom-up", "top-down")
 
 
-def _uses_analytic_kl(objective: str) -> bool:
-    """Whether the registered objective ``objective`` is a TraceMeanField_ELBO (analytic KL)."""
-    from pyro.infer import TraceMeanField_ELBO
-
-    from .objectives import make_objective
+def _objective_spec(objective: str):
+    """The registered spec of ``objective``, or None for an unknown name (reported where the
+    objective is built, with the list of names)."""
+    from .objectives import objective_spec
 
     try:
-        return isinstance(make_objective(objective).elbo, TraceMeanField_ELBO)
+        return objective_spec(objective)
     except ConfigError:
-        return False  # an unknown objective is reported where the objective is built
+        return None
+
+
+def _uses_analytic_kl(objective: str) -> bool:
+    """Whether the objective's ELBO is a TraceMeanField_ELBO (analytic KL)."""
+    from pyro.infer import TraceMeanField_ELBO
+
+    spec = _objective_spec(objective)
+    return spec is not None and issubclass(spec.elbo_class, TraceMeanField_ELBO)
 
 
 @register_model_family("vae")
@@ -93,12 +100,10 @@ def _sbn(config: TrainConfig, x_dim: int):
     """The sigmoid belief network: :class:`~ppl_vae.models.SigmoidBeliefNetwork` (Bernoulli
     latents "z", Bernoulli decoder with ``reversed(hidden)`` layers) and
     :class:`~ppl_vae.guides.BernoulliGuide` (``hidden`` layers). Its latents are discrete, so only
-    objectives without ``requires_reparam`` apply (score, score-avg, score-nn, rws, trace,
-    tracegraph)."""
+    objectives whose ELBO ``can_infer_discrete`` apply (trace, tracegraph, score, score-avg,
+    score-nn, rws, stl)."""
     from ppl_vae.guides import BernoulliGuide
     from ppl_vae.models import SigmoidBeliefNetwork
-
-    from .objectives import objective_spec
 
     if len(config.latent_dims) != 1:
         raise ConfigError("model 'sbn' has one stochastic layer: give one --latent-dims value")
@@ -106,11 +111,8 @@ def _sbn(config: TrainConfig, x_dim: int):
         raise ConfigError(f"unknown guide {config.guide!r} for model 'sbn'; choose bottom-up")
     if config.likelihood != "bernoulli":
         raise ConfigError("model 'sbn' has a Bernoulli decoder: use --likelihood bernoulli")
-    try:
-        needs_reparam = objective_spec(config.objective).requires_reparam
-    except ConfigError:
-        needs_reparam = False  # an unknown objective is reported where the objective is built
-    if needs_reparam:
+    spec = _objective_spec(config.objective)
+    if spec is not None and not spec.can_infer_discrete:
         raise ConfigError(
             f"objective {config.objective!r} needs reparameterizable latents, but the sigmoid "
             "belief network's are discrete; use score-avg, score-nn, rws, tracegraph or trace")

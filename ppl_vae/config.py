@@ -40,7 +40,7 @@ class TrainConfig:
     min_scale: float = 1e-2
     activation: str = "relu"
     objective: str = "trace"
-    particles: int = 1
+    particles: int | None = None
     lr: float = 1e-3
     batch_size: int = 16
     epochs: int = 30
@@ -51,15 +51,18 @@ class TrainConfig:
     def __post_init__(self):
         self.latent_dims = _int_tuple(self.latent_dims, "latent_dims")
         self.hidden = _int_tuple(self.hidden, "hidden")
-        for name in ("particles", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.particles is not None:
+            if int(self.particles) < 1:
+                raise ConfigError(f"particles must be >= 1, got {self.particles}")
+            self.particles = int(self.particles)
+        if int(self.batch_size) < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         for name in ("epochs", "kl_warmup_epochs", "seed"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not float(self.lr) > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        self.particles, self.batch_size = int(self.particles), int(self.batch_size)
+        self.batch_size = int(self.batch_size)
         self.epochs, self.seed = int(self.epochs), int(self.seed)
         self.kl_warmup_epochs, self.lr = int(self.kl_warmup_epochs), float(self.lr)
         self.data = str(self.data)

@@ -234,3 +234,15 @@ def load_dataset(spec: str = "digits", likelihood=None, root=None, download: boo
         for k in SPLITS:
             lik.check_support(ds.split(k), source=f"{spec} [{k}]")
     return ds
+
+
+def binary_splits(spec: str, split: str = "valid", limit: int = 0):
+    """``(train, evaluation, dataset)``: the data as a Bernoulli likelihood sees it (grey data
+    statically binarized with the fixed seed of :meth:`Dataset.split_for`); ``evaluation`` is
+    ``split``, cut to its first ``limit`` points when ``limit`` > 0."""
+    from ppl_vae.models import BernoulliLikelihood
+
+    ds = load_dataset(spec, likelihood="bernoulli")
+    lik = BernoulliLikelihood()
+    train, evaluation = ds.split_for("train", lik), ds.split_for(split, lik)
+    return train, (evaluation[: int(limit)] if limit else evaluation), ds

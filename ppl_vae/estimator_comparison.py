@@ -2,10 +2,10 @@
 
 :func:`compare_estimators` builds one model/guide pair (a family registered in
 :mod:`ppl_vae.builders`, e.g. ``vae`` or ``sbn``), keeps its initial weights, and for every
-estimator
+objective (each defines a gradient estimator)
 
-1. measures the gradient statistics of :mod:`ppl_vae.gradients` at those common initial weights
-   (total variance, SNR, cosine to ``reparam``, seconds per gradient) on the first minibatch;
+1. measures the gradient statistics of :mod:`ppl_vae.gradient_variance` at those common initial
+   weights (total variance, SNR, cosine to the reference ``trace``, seconds per gradient) on the first minibatch;
 2. trains a copy from the same initial weights with :class:`ppl_vae.svi.SVI` (one fused Adam),
    the same seed and the same sequence of minibatches, for ``steps`` steps;
 3. records, every ``eval_every`` steps, the standard ELBO E_q[log p(x,z) - log q(z|x)] per data
@@ -16,8 +16,8 @@ estimator
 4. at the end, estimates log p(x) on the evaluation set by importance sampling with the guide as
    proposal, K samples (:func:`ppl_vae.marginal.importance_sampling`; Burda et al. 2016).
 
-Results come back as one *tidy* :class:`pandas.DataFrame` (a row per estimator, step and
-metric: ``estimator, step, seconds, metric, value``; metrics ``elbo``, ``train_objective``,
+Results come back as one *tidy* :class:`pandas.DataFrame` (a row per objective, step and
+metric: ``objective, step, seconds, metric, value``; metrics ``elbo``, ``train_objective``,
 ``is_log_likelihood`` and the gradient statistics at step 0) plus a wide summary;
 :func:`plot_comparison` draws the variance per estimator (log scale) and the ELBO against steps
 and against seconds. Wall-clock numbers are only comparable within one run on one idle machine.
@@ -35,23 +35,25 @@ from typing import Sequence
 import pandas as pd
 import pyro
 import torch
+from tqdm.auto import tqdm
 
 from .errors import ConfigError
-from .gradients import gradient_statistics
-from .objectives import make_objective, objective_spec
+from .gradient_variance import gradient_statistics
+from .objectives import make_objective, parse_objective_list
 from .svi import SVI
 from .training import estimate_elbo
 
 __all__ = ["ComparisonResult", "compare_estimators", "plot_comparison", "summary_table"]
 
 GRADIENT_METRICS = ("total_variance", "variance_decoder", "variance_encoder", "snr_median",
-                    "cosine_to_reparam", "cosine_to_reference", "seconds_per_gradient")
+                    "cosine_to_reference", "seconds_per_gradient")
 
 
 @dataclass
 class ComparisonResult:
-    """``tidy``: long table (estimator, step, seconds, metric, value); ``summary``: one row per
-    estimator; ``gradients``: the raw :func:`~ppl_vae.gradients.gradient_statistics` output."""
+    """``tidy``: long table (objective, step, seconds, metric, value); ``summary``: one row per
+    objective; ``gradients``: the raw :func:`~ppl_vae.gradient_variance.gradient_statistics`
+    output."""
 
     tidy: pd.DataFrame
     summary: pd.DataFrame
@@ -77,10 +79,63 @@ def build_pair(family: str, x_dim: int, latent_dim: int, hidden: Sequence[int],
     return build_model_and_guide(config, x_dim)
 
 
+def _minibatches(n: int, batch_size: int, steps: int, seed: int) -> list[torch.Tensor]:
+    """The index sequence shared by every objective: fresh permutations, epoch after epoch."""
+    gen = torch.Generator().manual_seed(seed)
+    per_epoch = max(1, n // batch_size)
+    batches = []
+    for _ in range(math.ceil(steps / per_epoch)):
+        perm = torch.randperm(n, generator=gen)
+        batches += [perm[i * batch_size: (i + 1) * batch_size] for i in range(per_epoch)]
+    return batches[:steps]
+
+
+def _train_one(name, model, guide, train_x, eval_x, batches, *, lr, seed, num_particles,
+               eval_every, is_samples, bar) -> tuple[list[dict], dict]:
+    """Train one copy with the objective ``name``; ``(tidy rows, summary row)``."""
+    n = int(train_x.shape[0])
+    pyro.set_rng_seed(seed)
+    objective = make_objective(name, num_particles=num_particles, x_dim=int(train_x.shape[1]))
+    svi = SVI(model, guide, objective, lr=lr)
+    rows: list[dict] = []
+    seconds, running, count, diverged, step = 0.0, 0.0, 0, False, 0
+
+    def record(step):
+        elbo = estimate_elbo(model, guide, eval_x, seed=seed + 1)
+        rows.append({"objective": name, "step": step, "seconds": seconds, "metric": "elbo",
+                     "value": elbo})
+        if count:
+            rows.append({"objective": name, "step": step, "seconds": seconds,
+                         "metric": "train_objective", "value": -running / count})
+        return elbo
+
+    final_elbo = record(0)
+    for step, idx in enumerate(batches, start=1):
+        t0 = time.perf_counter()
+        loss = svi.step(train_x[idx], num_data=n)
+        if step > 1:  # the first step's one-time costs (parameter discovery, first calls)
+            seconds += time.perf_counter() - t0
+        bar.update(1)
+        if not math.isfinite(loss):
+            diverged = True
+            break
+        running, count = running + loss / n, count + 1
+        if step % eval_every == 0 or step == len(batches):
+            final_elbo = record(step)
+            running, count = 0.0, 0
+    is_ll = _is_log_likelihood(model, guide, eval_x, is_samples, seed + 2)
+    rows.append({"objective": name, "step": step, "seconds": seconds,
+                 "metric": "is_log_likelihood", "value": is_ll})
+    summary = {"objective": name, "applicable": True, "diverged": diverged, "steps": step,
+               "seconds": seconds, "seconds_per_step": seconds / max(step, 1),
+               "final_elbo": final_elbo, "is_log_likelihood": is_ll}
+    return rows, summary
+
+
 def compare_estimators(
     train_x: torch.Tensor,
     eval_x: torch.Tensor,
-    estimators: Sequence[str],
+    objectives: Sequence[str],
     *,
     model_family: str = "vae",
     latent_dim: int = 10,
@@ -90,117 +145,68 @@ def compare_estimators(
     batch_size: int = 64,
     lr: float = 1e-3,
     seed: int = 0,
-    num_particles: int = 1,
+    num_particles: int | None = None,
     eval_every: int | None = None,
     is_samples: int = 100,
     draws: int = 50,
     warmup: int | None = None,
     pair=None,
     progress: bool = False,
+    device=None,
 ) -> ComparisonResult:
-    """Train one copy per estimator from common initial weights; see the module docstring.
+    """Train one copy per objective from common initial weights; see the module docstring.
 
     ``draws`` / ``warmup``: gradient draws and baseline warm-up draws for the statistics at the
-    initial weights (see :func:`~ppl_vae.gradients.gradient_statistics`).
+    initial weights (see :func:`~ppl_vae.gradient_variance.gradient_statistics`).
     ``pair``: an optional ``(model, guide)`` to use instead of building ``model_family``.
-    Estimators that need reparameterizable latents are skipped (reported as not applicable) on
-    a model with discrete latents.
+    ``device``: where the built pair lives (the data must already be there).
+    Objectives whose ELBO cannot infer discrete latents are skipped (reported as not
+    applicable) on a model with discrete latents.
     """
-    estimators = list(dict.fromkeys(estimators))
-    if not estimators:
-        raise ConfigError("no estimators given")
-    for name in estimators:
-        objective_spec(name)
+    objectives = parse_objective_list(objectives)
     steps, batch_size = int(steps), int(batch_size)
     if steps < 1 or batch_size < 1:
         raise ConfigError("steps and batch_size must be >= 1")
     n = int(train_x.shape[0])
-    batch_size = min(batch_size, n)
-    eval_every = int(eval_every or max(1, steps // 20))
-
+    batches = _minibatches(n, min(batch_size, n), steps, seed)
     pyro.set_rng_seed(seed)
     if pair is None:
         pair = build_pair(model_family, train_x.shape[1], latent_dim, hidden, activation)
     model0, guide0 = pair
-    init_model, init_guide = copy.deepcopy(model0.state_dict()), copy.deepcopy(guide0.state_dict())
-
-    # the minibatch sequence shared by all estimators
-    gen = torch.Generator().manual_seed(seed)
-    perms = []
-    per_epoch = max(1, n // batch_size)
-    for _ in range(math.ceil(steps / per_epoch)):
-        perm = torch.randperm(n, generator=gen)
-        perms += [perm[i * batch_size: (i + 1) * batch_size] for i in range(per_epoch)]
-
-    grads = gradient_statistics(model0, guide0, train_x[perms[0]], estimators, draws=draws,
+    if device is not None:
+        model0.to(device), guide0.to(device)
+    grads = gradient_statistics(model0, guide0, train_x[batches[0]], objectives, draws=draws,
                                 num_data=n, seed=seed, num_particles=num_particles,
                                 warmup=warmup, warmup_data=train_x)
-
     rows: list[dict] = []
     summary: list[dict] = []
-    for name in estimators:
-        g = grads[name]
-        if not g["applicable"]:
-            summary.append({"estimator": name, "applicable": False})
-            continue
-        for metric in GRADIENT_METRICS:
-            if g.get(metric) is not None:
-                rows.append({"estimator": name, "step": 0, "seconds": 0.0, "metric": metric,
-                             "value": g[metric]})
-        model, guide = copy.deepcopy(model0), copy.deepcopy(guide0)
-        model.load_state_dict(init_model)
-        guide.load_state_dict(init_guide)
-        pyro.set_rng_seed(seed)
-        svi = SVI(model, guide, make_objective(name, num_particles=num_particles,
-                                               x_dim=int(train_x.shape[1])), lr=lr)
-        seconds, running, count = 0.0, 0.0, 0
-        eval_seed = seed + 1
-
-        def record(step):
-            elbo = estimate_elbo(model, guide, eval_x, seed=eval_seed)
-            rows.append({"estimator": name, "step": step, "seconds": seconds, "metric": "elbo",
-                         "value": elbo})
-            if count:
-                rows.append({"estimator": name, "step": step, "seconds": seconds,
-                             "metric": "train_objective", "value": -running / count})
-            return elbo
-
-        record(0)
-        diverged = False
-        for step in range(1, steps + 1):
-            xb = train_x[perms[step - 1]]
-            t0 = time.perf_counter()
-            loss = svi.step(xb, num_data=n)
-            if step > 1:  # the first step's one-time costs (parameter discovery, first calls)
-                seconds += time.perf_counter() - t0
-            if not math.isfinite(loss):
-                diverged = True
-                break
-            running += loss / n
-            count += 1
-            if step % eval_every == 0 or step == steps:
-                record(step)
-                running, count = 0.0, 0
-            if progress and step % max(1, steps // 10) == 0:
-                print(f"  {name}: step {step}/{steps}, {seconds:.1f}s", flush=True)
-        final_elbo = estimate_elbo(model, guide, eval_x, seed=eval_seed)
-        is_ll = _is_log_likelihood(model, guide, eval_x, is_samples, seed + 2)
-        rows.append({"estimator": name, "step": step, "seconds": seconds,
-                     "metric": "is_log_likelihood", "value": is_ll})
-        summary.append({
-            "estimator": name, "applicable": True, "diverged": diverged, "steps": step,
-            "seconds": seconds, "seconds_per_step": seconds / max(step, 1),
-            "final_elbo": final_elbo, "is_log_likelihood": is_ll,
-            **{m: g.get(m) for m in GRADIENT_METRICS},
-        })
-    tidy = pd.DataFrame(rows, columns=["estimator", "step", "seconds", "metric", "value"])
+    bar = tqdm(total=steps * len(objectives), disable=not progress, desc="compare",
+               unit="step", dynamic_ncols=True)
+    with bar:
+        for name in objectives:
+            g = grads[name]
+            if not g["applicable"]:
+                summary.append({"objective": name, "applicable": False})
+                bar.update(steps)
+                continue
+            rows += [{"objective": name, "step": 0, "seconds": 0.0, "metric": m, "value": g[m]}
+                     for m in GRADIENT_METRICS if g.get(m) is not None]
+            bar.set_postfix_str(name)
+            more, row = _train_one(name, copy.deepcopy(model0), copy.deepcopy(guide0), train_x,
+                                   eval_x, batches, lr=lr, seed=seed,
+                                   num_particles=num_particles,
+                                   eval_every=int(eval_every or max(1, steps // 20)),
+                                   is_samples=is_samples, bar=bar)
+            rows += more
+            summary.append({**row, **{m: g.get(m) for m in GRADIENT_METRICS}})
+    tidy = pd.DataFrame(rows, columns=["objective", "step", "seconds", "metric", "value"])
     return ComparisonResult(tidy, pd.DataFrame(summary), grads)
 
 
 def summary_table(summary: pd.DataFrame, floatfmt: str = ".4g") -> str:
     """A markdown table of the summary (no extra dependency: pandas' to_markdown needs one)."""
-    cols = [c for c in ("estimator", "total_variance", "variance_encoder", "variance_decoder",
-                        "snr_median", "cosine_to_reparam", "cosine_to_reference",
+    cols = [c for c in ("objective", "total_variance", "variance_encoder", "variance_decoder",
+                        "snr_median", "cosine_to_reference",
                         "seconds_per_gradient", "final_elbo", "is_log_likelihood",
                         "seconds_per_step") if c in summary.columns]
 
@@ -234,7 +240,7 @@ def plot_comparison(result: ComparisonResult, out_dir, title: str = "") -> list[
     paths = []
 
     var = tidy[tidy.metric.isin(["variance_encoder", "variance_decoder", "total_variance"])]
-    table = var.pivot_table(index="estimator", columns="metric", values="value", sort=False)
+    table = var.pivot_table(index="objective", columns="metric", values="value", sort=False)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(table) + 2), 4))
     xs = np.arange(len(table))
     for i, (metric, label) in enumerate([("total_variance", "total"),
@@ -254,7 +260,7 @@ def plot_comparison(result: ComparisonResult, out_dir, title: str = "") -> list[
     for xcol, fname, xlabel in (("step", "elbo_vs_steps.png", "SVI steps"),
                                 ("seconds", "elbo_vs_seconds.png", "training seconds")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for name, group in elbo.groupby("estimator", sort=False):
+        for name, group in elbo.groupby("objective", sort=False):
             ax.plot(group[xcol], group["value"], label=name, marker=".", markersize=3)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("ELBO per data point (eval set, nats)")

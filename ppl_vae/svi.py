@@ -2,14 +2,16 @@
 
 :class:`SVI` does what :class:`pyro.infer.SVI` does — one step = estimate the gradient of the
 objective with ``elbo.loss_and_grads(model, guide, ...)``, then update every parameter the model
-and guide touched — but keeps *one* ``torch.optim.Adam`` (``foreach`` implementation) over all
+and guide touched — but keeps *one* ``torch.optim.Adam`` (the fused implementation where torch has one) over all
 parameters instead of one optimizer per parameter tensor, and captures the parameter set once
 instead of tracing ``pyro.param`` statements on every step. That is where the ~2 ms/step of
 Pyro's SVI overhead goes (see ``benchmarks/training_speed.py``).
 
 Works with any Pyro model/guide pair. The optimized tensors are found on the first step: the
 candidates are the values of traced ``param`` statements (:class:`~pyro.nn.PyroModule`,
-``pyro.module``, ``pyro.param``) plus the parameters of ``model``, ``guide``, ``modules`` and the
+``pyro.module``, ``pyro.param``) and the tensors those statements were initialized with (for
+``pyro.module`` these are the module's own parameters, which its ``forward`` uses even when Pyro's
+global store already holds a same-named tensor from an earlier model), plus the parameters of ``model``, ``guide``, ``modules`` and the
 objective's own modules (baselines) when they are ``nn.Module`` s; of these, exactly the tensors
 that received a gradient from the objective are optimized. If a later step creates a new
 ``pyro.param``, it is picked up.
@@ -29,6 +31,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from .errors import ConfigError
 from .objectives import Objective, make_objective
 
 __all__ = ["SVI"]
@@ -37,6 +40,15 @@ __all__ = ["SVI"]
 def _unconstrained(value: torch.Tensor) -> torch.Tensor:
     get = getattr(value, "unconstrained", None)
     return get() if callable(get) else value
+
+
+def _param_site_tensors(trace):
+    """Value and initial tensor of every traced ``param`` statement."""
+    for site in trace.nodes.values():
+        yield _unconstrained(site["value"])
+        init = site["args"][1] if len(site["args"]) > 1 else None
+        if torch.is_tensor(init):
+            yield init
 
 
 def _adam(params, args: dict) -> torch.optim.Adam:
@@ -110,8 +122,7 @@ class SVI:
         if self.optimizer is None or len(store) != self._store_size:
             with poutine.trace(param_only=True) as capture:
                 loss = self.objective.loss_and_grads(self.model, self.guide, *args, **kwargs)
-            candidates = [*self._module_params(),
-                          *(_unconstrained(s["value"]) for s in capture.trace.nodes.values())]
+            candidates = [*self._module_params(), *_param_site_tensors(capture.trace)]
             # Only tensors the objective actually differentiated: a same-named tensor that Pyro's
             # global param store kept from an earlier model is a candidate but gets no gradient.
             self._add_params(p for p in candidates if p.grad is not None)
@@ -119,7 +130,9 @@ class SVI:
         else:
             loss = self.objective.loss_and_grads(self.model, self.guide, *args, **kwargs)
         if self.optimizer is None:
-            raise RuntimeError("the objective produced no gradient for any parameter")
+            raise ConfigError(
+                "the objective produced no gradient for any parameter: the model and guide "
+                "have no trainable parameters, or none of them influences the loss")
         if math.isfinite(loss):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -39,7 +39,7 @@ from .handlers import ScaleLatents
 from .objectives import make_objective
 from .svi import SVI
 
-__all__ = ["train", "TrainResult", "estimate_elbo", "CHECKPOINT_NAME"]
+__all__ = ["train", "TrainResult", "build_objective", "estimate_elbo", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.csv"
@@ -70,7 +70,7 @@ def estimate_elbo(model, guide, x, batch_size: int = 1000, seed: int = 0) -> flo
 
     The global RNG state is saved and restored, so evaluation never perturbs training.
     """
-    elbo = Trace_ELBO(num_particles=1, max_plate_nesting=1)
+    elbo = Trace_ELBO(num_particles=1)
     total = 0.0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -134,9 +134,131 @@ def _plots(model, guide, dataset, run_dir: Path, seed: int) -> None:
                         row_labels=["data", "recon"])
 
 
+def _resolve_config(config, overrides: dict, resume: bool, ckpt_path):
+    """``(config, payload)``: the run's :class:`TrainConfig` and, when resuming, the checkpoint."""
+    if isinstance(config, TrainConfig):
+        config = config.to_dict()
+    requested = {**(config or {}), **overrides}
+    if not resume:
+        return TrainConfig.from_dict(requested), None
+    if ckpt_path is None:
+        raise ConfigError("resume=True needs the run directory (out)")
+    payload = load_checkpoint(ckpt_path)
+    saved = TrainConfig.from_dict(payload["config"])
+    config = TrainConfig.from_dict({**saved.to_dict(), **requested})
+    clash = {k: v for k, v in saved.differences(config).items() if k in TrainConfig.ARCHITECTURE}
+    if clash:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}"
+                           for k, (a, b) in clash.items())
+        raise CheckpointError(f"{ckpt_path}: incompatible config ({detail})")
+    return config, payload
+
+
+def build_objective(config: TrainConfig, x_dim: int):
+    """The run's :class:`~ppl_vae.objectives.Objective`: ``config.objective`` with
+    ``config.particles`` and ``config.options``."""
+    return make_objective(config.objective, num_particles=config.particles, x_dim=x_dim,
+                          **config.options)
+
+
+@dataclass
+class _Loop:
+    """What one training run holds between epochs."""
+
+    config: TrainConfig
+    dataset: Dataset
+    model: torch.nn.Module
+    guide: torch.nn.Module
+    svi: SVI
+    anneal: ScaleLatents | None
+    x_train: torch.Tensor
+    x_valid: torch.Tensor
+    binarize: bool
+    batch_size: int
+    steps_per_epoch: int
+
+
+def _setup(config: TrainConfig, dataset: Dataset, device) -> _Loop:
+    """Model, guide, objective (KL warm-up handler if asked) and SVI for ``config``, with
+    parameters and data on ``device``."""
+    pyro.set_rng_seed(config.seed)
+    model, guide = build_model_and_guide(config, dataset.x_dim)
+    model.to(device), guide.to(device)
+    objective = build_objective(config, dataset.x_dim)
+    for module in objective.modules.values():
+        module.to(device)
+    anneal = ScaleLatents(1.0) if config.kl_warmup_epochs > 0 else None
+    step_model, step_guide = (anneal(model), anneal(guide)) if anneal else (model, guide)
+    svi = SVI(step_model, step_guide, objective, lr=config.lr, modules=(model, guide))
+    likelihood = getattr(model, "likelihood", None)
+    x_train = dataset.train.to(device)
+    # grey data under a Bernoulli likelihood: a fresh binarization each minibatch
+    binarize = bool(getattr(likelihood, "binary", False)) and not bool(
+        ((x_train == 0) | (x_train == 1)).all())
+    x_valid = dataset.split_for("valid", likelihood) if likelihood is not None else dataset.valid
+    bs = min(config.batch_size, x_train.shape[0])
+    return _Loop(config, dataset, model, guide, svi, anneal, x_train, x_valid.to(device),
+                 binarize, bs, math.ceil(x_train.shape[0] / bs))
+
+
+def _diverged(loss, epoch, step, loop: _Loop, metrics, ckpt_path) -> TrainingDivergedError:
+    kept = (f"the last good checkpoint ({metrics[-1]['epoch'] if metrics else 0} epochs) is kept "
+            f"at {ckpt_path}" if ckpt_path and ckpt_path.exists() else "no checkpoint was written")
+    return TrainingDivergedError(
+        f"loss became {loss} at epoch {epoch + 1}, step {step + 1} (global step "
+        f"{epoch * loop.steps_per_epoch + step + 1}); {kept}; try a lower --lr")
+
+
+def _train_epoch(loop: _Loop, epoch: int, bar, metrics, ckpt_path) -> float:
+    """One pass over a fresh permutation of the training split; returns the epoch's mean
+    training objective per data point."""
+    config, x_train = loop.config, loop.x_train
+    n, bs = x_train.shape[0], loop.batch_size
+    seed = _epoch_seed(config.seed, epoch)
+    pyro.set_rng_seed(seed)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(x_train.device)
+    running, seen = 0.0, 0
+    for step in range(loop.steps_per_epoch):
+        idx = perm[step * bs: (step + 1) * bs]
+        xb = x_train[idx]
+        if loop.binarize:
+            xb = torch.bernoulli(xb)
+        if loop.anneal is not None:
+            loop.anneal.beta = min(1.0, (epoch * loop.steps_per_epoch + step + 1)
+                                   / (config.kl_warmup_epochs * loop.steps_per_epoch))
+        loss = loop.svi.step(xb, num_data=n)
+        if not math.isfinite(loss):
+            raise _diverged(loss, epoch, step, loop, metrics, ckpt_path)
+        running += loss * len(idx) / n
+        seen += len(idx)
+        bar.update(1)
+        if step % 10 == 0 or step == loop.steps_per_epoch - 1:
+            bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs} "
+                                f"-elbo/pt {running / seen:.3f}", refresh=False)
+    return -running / seen
+
+
+def _validate(loop: _Loop, epoch: int) -> float:
+    loop.model.eval(), loop.guide.eval()
+    valid_elbo = estimate_elbo(loop.model, loop.guide, loop.x_valid, seed=loop.config.seed)
+    loop.model.train(), loop.guide.train()
+    if not math.isfinite(valid_elbo):
+        raise TrainingDivergedError(f"validation ELBO became {valid_elbo} after epoch {epoch + 1}")
+    return valid_elbo
+
+
+def _save(loop: _Loop, run_dir, epochs_done, metrics, elapsed, interrupted=False) -> None:
+    if run_dir is None:
+        return
+    save_checkpoint(run_dir / CHECKPOINT_NAME,
+                    _payload(loop.config, loop.model, loop.guide, loop.svi, epochs_done, metrics,
+                             elapsed, loop.dataset.x_dim, interrupted))
+    _write_metrics(metrics, run_dir / METRICS_NAME)
+
+
 def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = False,
           progress: bool = True, dataset: Dataset | None = None, plots: bool = True,
-          **overrides) -> TrainResult:
+          device="cpu", **overrides) -> TrainResult:
     """Train the model/guide pair described by ``config`` (keyword ``overrides`` win).
 
     ``out``: a run directory receiving ``checkpoint.pt`` (atomic, after every epoch),
@@ -146,62 +268,28 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
 
     On a NaN/inf loss, raises :class:`TrainingDivergedError` naming the epoch and step; the last
     checkpoint (end of the last good epoch) is left untouched. On Ctrl-C or SIGTERM, saves a
-    checkpoint of the current parameters and raises ``KeyboardInterrupt``.
+    checkpoint of the current parameters and raises ``KeyboardInterrupt``. ``device``: where
+    parameters and data live (checkpoints are loaded to the CPU and moved there).
     """
-    if isinstance(config, TrainConfig):
-        config = config.to_dict()
-    requested = {**(config or {}), **overrides}
     run_dir = Path(out) if out is not None else None
     ckpt_path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
-
-    payload = None
-    if resume:
-        if ckpt_path is None:
-            raise ConfigError("resume=True needs the run directory (out)")
-        payload = load_checkpoint(ckpt_path)
-        saved = TrainConfig.from_dict(payload["config"])
-        config = TrainConfig.from_dict({**saved.to_dict(), **requested})
-        clash = {k: v for k, v in saved.differences(config).items()
-                 if k in TrainConfig.ARCHITECTURE}
-        if clash:
-            detail = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}"
-                               for k, (a, b) in clash.items())
-            raise CheckpointError(f"{ckpt_path}: incompatible config ({detail})")
-    else:
-        config = TrainConfig.from_dict(requested)
-
+    config, payload = _resolve_config(config, overrides, resume, ckpt_path)
     if dataset is None:
         dataset = load_dataset(config.data, likelihood=config.likelihood_spec())
-    pyro.set_rng_seed(config.seed)
-    model, guide = build_model_and_guide(config, dataset.x_dim)
-    objective = make_objective(config.objective, num_particles=config.particles,
-                               x_dim=dataset.x_dim)
-    anneal = ScaleLatents(1.0) if config.kl_warmup_epochs > 0 else None
-    step_model, step_guide = (anneal(model), anneal(guide)) if anneal else (model, guide)
-    svi = SVI(step_model, step_guide, objective, lr=config.lr, modules=(model, guide))
+    loop = _setup(config, dataset, torch.device(device))
     metrics: list[dict] = []
     start_epoch, elapsed = 0, 0.0
     if payload is not None:
-        load_state(model, guide, payload, str(ckpt_path), objective.modules)
-        svi.load_state_dict(payload.get("optimizer", {}))
+        load_state(loop.model, loop.guide, payload, str(ckpt_path), loop.svi.objective.modules)
+        loop.svi.load_state_dict(payload.get("optimizer", {}))
         start_epoch = int(payload.get("epochs_done", 0))
         metrics = list(payload.get("metrics", []))
         elapsed = float(payload.get("elapsed", 0.0))
-
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.json", json.dumps(config.to_dict(), indent=2).encode())
 
-    likelihood = getattr(model, "likelihood", None)
-    x_train = dataset.train
-    binarize = bool(getattr(likelihood, "binary", False)) and not bool(
-        ((x_train == 0) | (x_train == 1)).all())
-    x_valid = dataset.split_for("valid", likelihood) if likelihood is not None else dataset.valid
-    n, bs = x_train.shape[0], min(config.batch_size, x_train.shape[0])
-    steps_per_epoch = math.ceil(n / bs)
-
-
-    bar = tqdm(total=(config.epochs - start_epoch) * steps_per_epoch, disable=not progress,
+    bar = tqdm(total=(config.epochs - start_epoch) * loop.steps_per_epoch, disable=not progress,
                desc="train", unit="step", dynamic_ncols=True, leave=True)
     epoch = start_epoch
     # SIGTERM (a scheduler or `kill`) is handled like Ctrl-C: save, then stop.
@@ -210,58 +298,19 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
     try:
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
-            seed = _epoch_seed(config.seed, epoch)
-            pyro.set_rng_seed(seed)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-            running, seen = 0.0, 0
-            for step in range(steps_per_epoch):
-                idx = perm[step * bs: (step + 1) * bs]
-                xb = x_train[idx]
-                if binarize:
-                    xb = torch.bernoulli(xb)
-                if anneal is not None:
-                    anneal.beta = min(1.0, (epoch * steps_per_epoch + step + 1)
-                                      / (config.kl_warmup_epochs * steps_per_epoch))
-                loss = svi.step(xb, num_data=n)
-                if not math.isfinite(loss):
-                    raise TrainingDivergedError(
-                        f"loss became {loss} at epoch {epoch + 1}, step {step + 1} "
-                        f"(global step {epoch * steps_per_epoch + step + 1}); "
-                        + (f"the last good checkpoint ({start_epoch if not metrics else metrics[-1]['epoch']} "
-                           f"epochs) is kept at {ckpt_path}" if ckpt_path and ckpt_path.exists()
-                           else "no checkpoint was written")
-                        + "; try a lower --lr")
-                running += loss * len(idx) / n
-                seen += len(idx)
-                bar.update(1)
-                if step % 10 == 0 or step == steps_per_epoch - 1:
-                    bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs} "
-                                        f"-elbo/pt {running / seen:.3f}", refresh=False)
-            train_elbo = -running / seen
-            model.eval(), guide.eval()
-            valid_elbo = estimate_elbo(model, guide, x_valid, seed=config.seed)
-            model.train(), guide.train()
-            if not math.isfinite(valid_elbo):
-                raise TrainingDivergedError(
-                    f"validation ELBO became {valid_elbo} after epoch {epoch + 1}")
+            train_elbo = _train_epoch(loop, epoch, bar, metrics, ckpt_path)
+            valid_elbo = _validate(loop, epoch)
             seconds = time.perf_counter() - t0
             elapsed += seconds
             metrics.append({"epoch": epoch + 1, "train_elbo": train_elbo,
                             "valid_elbo": valid_elbo, "seconds": seconds})
             bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs} train {train_elbo:.3f} "
                                 f"valid {valid_elbo:.3f}")
-            if run_dir is not None:
-                save_checkpoint(ckpt_path, _payload(config, model, guide, svi, epoch + 1,
-                                                    metrics, elapsed, dataset.x_dim))
-                _write_metrics(metrics, run_dir / METRICS_NAME)
+            _save(loop, run_dir, epoch + 1, metrics, elapsed)
     except KeyboardInterrupt:
         bar.close()
-        if run_dir is not None:
-            params_ok = all(torch.isfinite(p).all() for p in svi.parameters())
-            if params_ok:
-                save_checkpoint(ckpt_path, _payload(config, model, guide, svi, epoch, metrics,
-                                                    elapsed, dataset.x_dim, interrupted=True))
-                _write_metrics(metrics, run_dir / METRICS_NAME)
+        if all(torch.isfinite(p).all() for p in loop.svi.parameters()):
+            _save(loop, run_dir, epoch, metrics, elapsed, interrupted=True)
         raise
     finally:
         bar.close()
@@ -272,5 +321,5 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
     if run_dir is not None:
         _write_metrics(metrics, run_dir / METRICS_NAME)
         if plots:
-            _plots(model, guide, dataset, run_dir, config.seed)
-    return TrainResult(model, guide, config, df, dataset, run_dir)
+            _plots(loop.model, loop.guide, dataset, run_dir, config.seed)
+    return TrainResult(loop.model, loop.guide, config, df, dataset, run_dir)

@@ -36,7 +36,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 import ppl_vae
-from ppl_vae.gradients import gradient_statistics
+from ppl_vae.gradient_variance import gradient_statistics
 from ppl_vae.objectives import available_objectives, make_objective
 from ppl_vae.plates import data_plate
 
@@ -136,18 +136,12 @@ def test_closed_form_elbo_matches_monte_carlo_and_hand_gradient():
 
 
 # Estimators unbiased for the gradient of the ELBO: (name, draws G, particles per draw P).
+# (The objective-by-objective grid below calls loss_and_grads directly; these go through
+# gradient_statistics, with its baseline warm-up, and through the aliases.)
 UNBIASED = [
-    ("reparam", 100, 20),
-    ("analytic-kl", 100, 20),
-    ("score", 150, 100),
-    ("score-avg", 150, 100),
+    ("reparam", 60, 20),
+    ("analytic-kl", 60, 20),
     ("score-nn", 150, 100),
-    ("stl", 100, 20),
-    ("dreg-1", 100, 1),
-    ("iwae-1", 100, 1),
-    ("trace", 60, 20),
-    ("meanfield", 60, 20),
-    ("tracegraph", 60, 20),
 ]
 
 
@@ -165,7 +159,7 @@ def unbiased_stats():
 
 
 @pytest.mark.parametrize("name", [u[0] for u in UNBIASED])
-def test_mean_gradient_matches_exact_gradient(unbiased_stats, name):
+def test_gradient_statistics_mean_matches_exact_gradient(unbiased_stats, name):
     stats = unbiased_stats[name]
     exact = _flat(exact_gradient(*_pair(), X))
     for group in ("decoder", "encoder"):
@@ -176,6 +170,43 @@ def test_mean_gradient_matches_exact_gradient(unbiased_stats, name):
         assert (err <= tol).all(), (
             f"{name} {group}: |mean - exact| / se = {np.round(err / np.maximum(se, 1e-12), 2)}"
         )
+
+
+# Pyro's grid style (tests/infer/test_gradient.py): every ELBO-unbiased objective, with and
+# without subsampling (num_data = 3N: the data plate scales the minibatch by 3, so the expected
+# gradient is 3x the summed one) and with particles vectorized or in a Python loop, each calling
+# the objective's own loss_and_grads: (name, draws G, particles K).
+# Looped particles cost one trace each, so the loop runs use at most 3.
+GRID = [("trace", 40, 6), ("meanfield", 40, 6), ("tracegraph", 40, 6), ("score", 60, 30),
+        ("score-avg", 60, 30), ("score-nn", 60, 30), ("stl", 40, 6), ("iwae-1", 60, 1),
+        ("dreg-1", 60, 1)]
+
+
+@pytest.mark.parametrize("vectorize", [True, False], ids=["vectorized", "loop"])
+@pytest.mark.parametrize("num_data", [None, 3 * N], ids=["full", "subsampled"])
+@pytest.mark.parametrize("name, draws, particles", GRID, ids=[g[0] for g in GRID])
+def test_loss_and_grads_grid_matches_exact_gradient(name, draws, particles, num_data, vectorize):
+    model, guide = _pair()
+    params = [model.W, model.b, guide.A, guide.c, guide.log_s]
+    particles = particles if vectorize else min(particles, 3)
+    objective = make_objective(name, num_particles=particles, vectorize_particles=vectorize,
+                               x_dim=D)
+    assert objective.elbo.vectorize_particles == (vectorize and particles > 1)
+    kwargs = {} if num_data is None else {"num_data": num_data}
+    pyro.set_rng_seed(11)
+    draws_ = []
+    for _ in range(draws):
+        for p in params:
+            p.grad = None
+        objective.loss_and_grads(model, guide, X, **kwargs)
+        draws_.append(-torch.cat([p.grad.reshape(-1) for p in params]).double())
+    g = torch.stack(draws_).numpy()
+    scale = 1.0 if num_data is None else num_data / N
+    ex = exact_gradient(model, guide, X)
+    exact = scale * np.concatenate([_flat(ex)["decoder"], _flat(ex)["encoder"]])
+    se = g.std(0, ddof=1) / np.sqrt(draws)
+    err = np.abs(g.mean(0) - exact)
+    assert (err <= 4.5 * se + 1e-6 * (1 + np.abs(exact))).all(), np.round(err / se, 2)
 
 
 @pytest.fixture(scope="module")
@@ -238,21 +269,37 @@ def test_iwae_bound_is_scaled_outside_the_log_mean_exp():
         assert scaled == pytest.approx(10 * full, rel=1e-5), name
 
 
-def test_registry_names_and_flags():
-    names = available_objectives()
-    for name in ("reparam", "analytic-kl", "score", "score-avg", "score-nn", "iwae", "rws", "stl",
-                 "dreg", "trace", "meanfield", "tracegraph"):
-        assert name in names
-    from ppl_vae.estimators import ESTIMATORS, requires_reparam
+def test_registry_names_aliases_and_flags():
+    from ppl_vae.objectives import comparison_objectives, objective_spec
 
-    assert set(ESTIMATORS) <= set(names)
-    assert [n for n in ESTIMATORS if not requires_reparam(n)] == [
-        "score", "score-avg", "score-nn", "rws"]
+    assert available_objectives() == ["trace", "meanfield", "tracegraph", "score", "score-avg",
+                                      "score-nn", "iwae", "rws", "stl", "dreg"]
+    # an alias is the same objective, with the same capability flags
+    assert objective_spec("reparam") is objective_spec("trace")
+    assert objective_spec("analytic-kl") is objective_spec("meanfield")
+    discrete = [n for n in available_objectives() if objective_spec(n).can_infer_discrete]
+    assert discrete == ["trace", "tracegraph", "score", "score-avg", "score-nn", "rws", "stl"]
+    assert comparison_objectives(5) == ["trace", "meanfield", "score", "score-avg", "score-nn",
+                                        "iwae-5", "rws-5", "stl", "dreg-5"]
     assert make_objective("rws").elbo.num_particles == 5
     assert make_objective("rws-3").elbo.num_particles == 3
     assert make_objective("dreg-7").elbo.num_particles == 7
-    with pytest.raises(ppl_vae.ConfigError):
-        make_objective("score-avg", baseline_beta=1.0)
+    assert make_objective("stl", num_particles=4).elbo.num_particles == 4
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("score-avg", {"baseline_beta": 1.0}, "baseline_beta"),
+    ("score-avg", {"baseline_betta": 0.5}, "takes no option 'baseline_betta'"),
+    ("trace", {"baseline_beta": 0.5}, "takes no option 'baseline_beta'"),
+    ("rws-1", {}, "at least 2 particles"),
+    ("rws", {"num_particles": 1}, "at least 2 particles"),
+    ("iwae-5", {"num_particles": 3}, "fixes K=5"),
+    ("iwae-0", {}, "at least 1 particles"),
+    ("stl-3", {}, "unknown objective"),
+])
+def test_factories_refuse_unknown_and_impossible_options(name, options, message):
+    with pytest.raises(ppl_vae.ConfigError, match=message):
+        make_objective(name, **options)
 
 
 def test_score_objectives_own_their_baseline_state():
@@ -280,6 +327,8 @@ def test_no_reparam_handler_works_on_any_guide():
     site = tr.nodes["z"]
     assert isinstance(site["fn"], NonReparameterized) and not site["fn"].has_rsample
     assert not site["value"].requires_grad
+    # the guide's own distribution objects are left reparameterizable
+    assert pyro.poutine.trace(guide).get_trace(X).nodes["z"]["fn"].has_rsample
     # vectorized particles broadcast the wrapped distribution
     with pyro.plate("particles", 5, dim=-2):
         tr = pyro.poutine.trace(no_reparam(guide)).get_trace(X)

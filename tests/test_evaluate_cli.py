@@ -19,7 +19,7 @@ FAST = {  # per estimator: small K (and a short AIS) so that each call takes wel
     "elbo": ["--samples", "20"],
     "naive": ["--samples", "50"],
     "is": ["--samples", "50"],
-    "ais": ["--samples", "4", "--steps", "5", "--leapfrog", "2"],
+    "ais": ["--samples", "4", "--anneal-steps", "5", "--leapfrog", "2"],
 }
 
 
@@ -125,7 +125,7 @@ def test_progress_bar_goes_to_stderr(run_dir, capsys):
     [
         (["--estimator", "is", "--samples", "0"], "--samples must be >= 1"),
         (["--estimator", "is", "--samples", "5", "--limit", "0"], "--limit must be >= 1"),
-        (["--estimator", "ais", "--samples", "5", "--steps", "0"], "--steps"),
+        (["--estimator", "ais", "--samples", "5", "--anneal-steps", "0"], "--anneal-steps"),
         (["--estimator", "is", "--samples", "5", "--split", "nope"], "unknown split"),
         (["--estimator", "is", "--samples", "5", "--batch-size", "0"], "--batch-size"),
     ],

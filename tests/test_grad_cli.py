@@ -10,7 +10,7 @@ import pytest
 import ppl_vae
 from ppl_vae.cli import main
 
-REQUIRED = ("total_variance", "snr_median", "cosine_to_reparam", "seconds_per_gradient")
+REQUIRED = ("total_variance", "snr_median", "seconds_per_gradient")
 
 
 def _train(tmp_path_factory, name, **config):
@@ -43,9 +43,9 @@ def _json(capsys, argv):
 
 
 def test_grad_variance_json(vae_run, capsys):
-    names = ["reparam", "analytic-kl", "score", "score-avg", "score-nn", "iwae-3", "rws-3",
+    names = ["trace", "meanfield", "score", "score-avg", "score-nn", "iwae-3", "rws-3",
              "stl", "dreg-3"]
-    result = _json(capsys, ["grad-variance", "--run", str(vae_run), "--estimators",
+    result = _json(capsys, ["grad-variance", "--run", str(vae_run), "--objectives",
                             ",".join(names), "--draws", "4", "--batch-size", "8",
                             "--warmup", "3", "--json"])
     assert list(result) == names
@@ -53,46 +53,49 @@ def test_grad_variance_json(vae_run, capsys):
         for key in REQUIRED:
             assert isinstance(result[name][key], float), (name, key)
         assert result[name]["total_variance"] >= 0
-    assert result["reparam"]["cosine_to_reparam"] == pytest.approx(1.0)
-    assert result["score"]["total_variance"] > result["reparam"]["total_variance"]
+        assert result[name]["reference"] == "trace"
+    assert result["trace"]["cosine_to_reference"] is None  # the reference itself
+    # meanfield estimates the same gradient as trace (analytic KL, less noise)
+    assert result["meanfield"]["cosine_to_reference"] > 0.5
+    assert result["score"]["total_variance"] > result["trace"]["total_variance"]
 
 
-def test_grad_variance_on_a_discrete_model_marks_reparam_not_applicable(sbn_run, capsys):
-    result = _json(capsys, ["grad-variance", "--run", str(sbn_run), "--estimators",
-                            "reparam,score,score-avg,rws", "--draws", "3", "--batch-size", "8",
+def test_grad_variance_on_a_discrete_model_marks_iwae_not_applicable(sbn_run, capsys):
+    result = _json(capsys, ["grad-variance", "--run", str(sbn_run), "--objectives",
+                            "iwae-3,score,score-avg,rws", "--draws", "3", "--batch-size", "8",
                             "--warmup", "3", "--json"])
-    assert result["reparam"]["applicable"] is False
-    assert all(result["reparam"][k] is None for k in REQUIRED)
+    assert result["iwae-3"]["applicable"] is False
+    assert all(result["iwae-3"][k] is None for k in REQUIRED)
     for name in ("score", "score-avg", "rws"):
         assert result[name]["applicable"] is True
-        assert result[name]["cosine_to_reparam"] is None  # no reparam reference exists
+        assert result[name]["reference"] == "score-avg"
         assert isinstance(result[name]["total_variance"], float)
 
 
 def test_grad_variance_table_and_errors(vae_run, capsys, tmp_path):
     csv = tmp_path / "stats.csv"
-    assert main(["grad-variance", "--run", str(vae_run), "--estimators", "reparam,stl",
+    assert main(["grad-variance", "--run", str(vae_run), "--objectives", "reparam,stl",
                  "--draws", "3", "--batch-size", "4", "--csv", str(csv)]) == 0
     out = capsys.readouterr().out
     assert "reparam" in out and "stl" in out
-    assert list(pd.read_csv(csv).estimator) == ["reparam", "stl"]
-    assert main(["grad-variance", "--run", str(vae_run), "--estimators", "nope"]) == 2
+    assert list(pd.read_csv(csv).objective) == ["reparam", "stl"]
+    assert main(["grad-variance", "--run", str(vae_run), "--objectives", "nope"]) == 2
     assert "unknown objective 'nope'" in capsys.readouterr().err
     assert main(["grad-variance", "--run", str(tmp_path / "missing"), "--draws", "3"]) == 2
 
 
 def test_compare_estimators_writes_tidy_csv_and_plots(tmp_path, capsys):
     out = tmp_path / "cmp"
-    rc = main(["compare-estimators", "--data", "digits", "--estimators",
+    rc = main(["compare-estimators", "--data", "digits", "--objectives",
                "reparam,score-avg,dreg-3", "--steps", "6", "--eval-every", "3", "--out", str(out),
-               "--latent-dim", "3", "--hidden", "16", "--batch-size", "16", "--eval-size", "40",
-               "--is-samples", "5", "--draws", "3", "--warmup", "3", "--quiet"])
+               "--latent-dim", "3", "--hidden", "16", "--batch-size", "16", "--limit", "40",
+               "--samples", "5", "--draws", "3", "--warmup", "3", "--no-progress"])
     assert rc == 0
     tidy = pd.read_csv(out / "results.csv")
-    assert list(tidy.columns) == ["estimator", "step", "seconds", "metric", "value"]
-    assert set(tidy.estimator) == {"reparam", "score-avg", "dreg-3"}
+    assert list(tidy.columns) == ["objective", "step", "seconds", "metric", "value"]
+    assert set(tidy.objective) == {"reparam", "score-avg", "dreg-3"}
     assert {"elbo", "is_log_likelihood", "total_variance", "snr_median"} <= set(tidy.metric)
-    for name, group in tidy[tidy.metric == "elbo"].groupby("estimator"):
+    for name, group in tidy[tidy.metric == "elbo"].groupby("objective"):
         assert list(group.step) == [0, 3, 6], name
         assert group.seconds.is_monotonic_increasing
     for png in ("variance.png", "elbo_vs_steps.png", "elbo_vs_seconds.png"):
@@ -103,13 +106,13 @@ def test_compare_estimators_writes_tidy_csv_and_plots(tmp_path, capsys):
 
 
 def test_compare_estimators_skips_reparameterized_estimators_for_the_sbn(tmp_path):
-    from ppl_vae.commands.compare_estimators import load_binary_splits
+    from ppl_vae.data import binary_splits
     from ppl_vae.estimator_comparison import compare_estimators
 
-    train, evaluation, _ = load_binary_splits("digits", eval_size=30)
-    result = compare_estimators(train[:200], evaluation, ["reparam", "score-nn", "rws"],
+    train, evaluation, _ = binary_splits("digits", limit=30)
+    result = compare_estimators(train[:200], evaluation, ["meanfield", "score-nn", "rws"],
                                 model_family="sbn", latent_dim=8, hidden=(16,), steps=4,
                                 batch_size=16, is_samples=5, draws=3, warmup=3)
-    summary = result.summary.set_index("estimator")
-    assert not summary.loc["reparam", "applicable"]
-    assert set(result.tidy.estimator) == {"score-nn", "rws"}
+    summary = result.summary.set_index("objective")
+    assert not summary.loc["meanfield", "applicable"]
+    assert set(result.tidy.objective) == {"score-nn", "rws"}

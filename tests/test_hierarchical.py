@@ -460,7 +460,7 @@ def test_two_layer_training_with_kl_warmup_and_cli(tmp_path, tiny_digits, capsys
     assert main(["evaluate", "--run", str(out), "--estimator", "is", "-k", "20", "--limit", "10",
                  "--json", "--no-progress"]) == 0
     assert '"log_likelihood' in capsys.readouterr().out
-    assert main(["grad-variance", "--run", str(out), "--estimators", "reparam,stl,iwae-3",
+    assert main(["grad-variance", "--run", str(out), "--objectives", "reparam,stl,iwae-3",
                  "--draws", "3", "--batch-size", "8"]) == 0
 
 

@@ -97,7 +97,7 @@ def test_objectives_registered_and_vectorized(pair, name):
 def test_unknown_objective_and_bad_particles():
     with pytest.raises(ConfigError, match="unknown objective 'elbo2'"):
         make_objective("elbo2")
-    with pytest.raises(ConfigError, match="num_particles must be >= 1"):
+    with pytest.raises(ConfigError, match="needs at least 1 particles, got 0"):
         make_objective("trace", num_particles=0)
-    with pytest.raises(ConfigError, match="particle count must be >= 1"):
+    with pytest.raises(ConfigError, match="needs at least 1 particles, got 0"):
         make_objective("iwae-0")

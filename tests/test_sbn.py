@@ -13,7 +13,7 @@ import torch
 
 import ppl_vae
 from ppl_vae import SVI, TrainConfig, build_model_and_guide, make_objective
-from ppl_vae.gradients import gradient_statistics
+from ppl_vae.gradient_variance import gradient_statistics
 from ppl_vae.guides import BernoulliGuide
 from ppl_vae.models import SigmoidBeliefNetwork
 
@@ -63,19 +63,21 @@ def test_shapes_sampling_and_support():
 def sbn_stats():
     model, guide = _pair()
     return gradient_statistics(
-        model, guide, X, ["reparam", "stl", "score", "score-avg", "score-nn", "trace", "rws"],
+        model, guide, X, ["meanfield", "iwae-3", "dreg-3", "score", "score-avg", "score-nn",
+                          "trace", "stl", "rws"],
         draws=150, num_particles=50, seed=1, warmup=150, keep_vectors=True)
 
 
-def test_reparameterized_estimators_do_not_apply(sbn_stats):
-    for name in ("reparam", "stl"):
+def test_objectives_that_cannot_infer_discrete_latents_do_not_apply(sbn_stats):
+    for name in ("meanfield", "iwae-3", "dreg-3"):
         assert sbn_stats[name]["applicable"] is False
         assert sbn_stats[name]["total_variance"] is None
-    assert sbn_stats["score"]["cosine_to_reparam"] is None
-    assert sbn_stats["score"]["cosine_to_reference"] > 0.9  # reference: score-avg
+    assert sbn_stats["score"]["reference"] == "score-avg"
+    assert sbn_stats["score"]["cosine_to_reference"] > 0.9
+    assert sbn_stats["score-avg"]["cosine_to_reference"] is None  # the reference itself
 
 
-@pytest.mark.parametrize("name", ["score", "score-avg", "score-nn", "trace"])
+@pytest.mark.parametrize("name", ["score", "score-avg", "score-nn", "trace", "stl"])
 def test_score_function_gradient_matches_enumerated_gradient(sbn_stats, name):
     """Unbiased within 4 standard errors per coordinate (see tests/test_estimators.py)."""
     model, guide = _pair()
@@ -102,7 +104,7 @@ def test_builder_registers_sbn_and_refuses_reparameterized_objectives():
     model, guide = build_model_and_guide(
         TrainConfig(model="sbn", latent_dims=(6,), hidden=(16,), objective="score-nn"), 64)
     assert isinstance(model, SigmoidBeliefNetwork) and isinstance(guide, BernoulliGuide)
-    for objective in ("reparam", "iwae-5", "stl", "dreg-5", "analytic-kl"):
+    for objective in ("meanfield", "iwae-5", "dreg-5", "analytic-kl"):
         with pytest.raises(ppl_vae.ConfigError, match="discrete"):
             build_model_and_guide(TrainConfig(model="sbn", objective=objective), 64)
     with pytest.raises(ppl_vae.ConfigError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -21,8 +22,10 @@ FLAGS = {
     "--likelihood": ("likelihood", str, "bernoulli (default) or gaussian"),
     "--min-scale": ("min_scale", float, "Gaussian likelihood: lower bound on sigma(z)"),
     "--activation": ("activation", str, "relu (default), tanh, softplus, elu"),
-    "--objective": ("objective", str, "trace (default), meanfield, tracegraph, iwae, ..."),
-    "--particles": ("particles", int, "samples per data point L (K for iwae), vectorized"),
+    "--objective": ("objective", str, "a registered objective (default trace); see "
+                    "ppl_vae.available_objectives()"),
+    "--particles": ("particles", int, "samples per data point L (K for iwae), vectorized "
+                    "(default: the objective's own, 1 or 5 for rws)"),
     "--lr": ("lr", float, "Adam learning rate (default 1e-3)"),
     "--batch-size": ("batch_size", int, "minibatch size (default 16, tuned for the embedded digits; the MNIST literature uses 100)"),
     "--epochs": ("epochs", int, "number of epochs (default 30)"),
@@ -33,10 +36,15 @@ FLAGS = {
 
 def add_arguments(p):
     for flag, (dest, typ, help_) in FLAGS.items():
-        p.add_argument(flag, dest=f"cfg_{dest}", type=typ, default=None, help=help_)
-    p.add_argument("--out", required=True, help="run directory (created if missing)")
+        p.add_argument(flag, dest=f"cfg_{dest}", type=typ, default=None, help=help_,
+                       metavar=flag[2:].replace("-", "_").upper())
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (created if missing)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt with its config (epochs may be raised)")
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="torch device for data and parameters, e.g. cpu (default) or cuda")
+    p.add_argument("--json", action="store_true",
+                   help="print the final metrics as one JSON object on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -45,25 +53,33 @@ def overrides_from(args) -> dict:
 
 
 def run(args) -> int:
+    from ppl_vae.active_units import report_active_units
+    from ppl_vae.reporting import json_safe, resolve_device
     from ppl_vae.training import train
 
     out = Path(args.out)
+    device = resolve_device(args.device)
     try:
         result = train(out=out, resume=args.resume, progress=not args.no_progress,
-                       **overrides_from(args))
+                       device=device, **overrides_from(args))
     except KeyboardInterrupt:
         print(f"\ninterrupted: checkpoint saved in {out}; continue with "
               f"`ppl-vae train --out {out} --resume`", file=sys.stderr)
         return 130
-    last = result.metrics.iloc[-1] if len(result.metrics) else None
-    if last is not None:
-        print(f"epoch {int(last.epoch)}: train ELBO {last.train_elbo:.3f}, "
-              f"valid ELBO {last.valid_elbo:.3f} nats/point; "
-              f"total {result.metrics.seconds.sum():.1f} s; run in {out}")
-        # Active units per latent layer (Burda et al. 2016): writes OUT/active_units.csv.
-        from ppl_vae.active_units import report_active_units
-
-        units = report_active_units(result.model, result.guide, result.dataset, out,
-                                    seed=result.config.seed)
-        print(f"{units.summary()} on the validation split; see {out / 'active_units.csv'}")
+    if not len(result.metrics):
+        return 0
+    last = result.metrics.iloc[-1]
+    # Active units per latent layer (Burda et al. 2016): writes OUT/active_units.csv.
+    units = report_active_units(result.model, result.guide, result.dataset, out,
+                                seed=result.config.seed)
+    if args.json:
+        print(json.dumps(json_safe({**last.to_dict(), "seconds_total":
+                                    float(result.metrics.seconds.sum()), "run": str(out),
+                                    "active_units": units.counts, "latent_dims": units.dims}),
+                         allow_nan=False))
+        return 0
+    print(f"epoch {int(last.epoch)}: train ELBO {last.train_elbo:.3f}, "
+          f"valid ELBO {last.valid_elbo:.3f} nats/point; "
+          f"total {result.metrics.seconds.sum():.1f} s; run in {out}")
+    print(f"{units.summary()} on the validation split; see {out / 'active_units.csv'}")
     return 0

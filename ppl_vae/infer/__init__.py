@@ -12,7 +12,12 @@ One estimator per module, like ``pyro/infer/*.py``:
 * :mod:`~ppl_vae.infer.rws` — :class:`ReweightedWakeSleep` (Bornschein & Bengio 2015).
 """
 
-from .baselines import AverageBaselineTraceGraph_ELBO, BaselineMessenger, NeuralBaseline
+from .baselines import (
+    AverageBaselineTraceGraph_ELBO,
+    BaselineMessenger,
+    NeuralBaseline,
+    score_function_guide,
+)
 from .dreg_elbo import DReG_ELBO
 from .iwae_elbo import IWAE_ELBO
 from .no_reparam import NonReparameterized, NoReparamMessenger, no_reparam
@@ -30,4 +35,5 @@ __all__ = [
     "ReweightedWakeSleep",
     "STL_ELBO",
     "no_reparam",
+    "score_function_guide",
 ]

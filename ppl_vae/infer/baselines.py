@@ -32,10 +32,17 @@ import pyro
 import torch
 from pyro.infer import TraceGraph_ELBO
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-__all__ = ["BaselineMessenger", "NeuralBaseline", "AverageBaselineTraceGraph_ELBO"]
+from .no_reparam import NoReparamMessenger
+
+__all__ = [
+    "AverageBaselineTraceGraph_ELBO",
+    "BaselineMessenger",
+    "NeuralBaseline",
+    "score_function_guide",
+]
 
 _AVG_PREFIX = "__baseline_avg_downstream_cost_"
 
@@ -47,6 +54,18 @@ def _downstream_shape(batch_shape) -> torch.Size:
     while shape and shape[0] == 1:
         shape.pop(0)
     return torch.Size(shape)
+
+
+def _data_dim(msg, num_points: int) -> int:
+    """The batch dim of the data plate at a site: the vectorized plate with one entry per data
+    point (the one named "data" where several have that size)."""
+    frames = [f for f in msg["cond_indep_stack"] if f.vectorized and f.size == num_points]
+    if len(frames) > 1:
+        frames = [f for f in frames if f.name == "data"] or frames[:0]
+    if len(frames) != 1:
+        raise ValueError(f"neural baseline at site {msg['name']!r}: cannot tell which plate "
+                         f"holds the {num_points} data points (name it 'data')")
+    return frames[0].dim
 
 
 class NeuralBaseline(nn.Module):
@@ -102,7 +121,7 @@ class BaselineMessenger(Messenger):
     def _pyro_sample(self, msg):
         if (
             msg["is_observed"]
-            or isinstance(msg["fn"], _Subsample)
+            or site_is_subsample(msg)
             or (self.sites is not None and msg["name"] not in self.sites)
         ):
             return
@@ -115,7 +134,10 @@ class BaselineMessenger(Messenger):
             # Read the site's scale and (particle-broadcast) batch shape when Pyro builds the
             # baseline, i.e. after every enclosing plate has processed the site.
             def nn_baseline(inputs, _net=net, _msg=msg):
-                out = (_msg["scale"] * _net(inputs)).expand(_msg["fn"].batch_shape)
+                out = _net(inputs)
+                dim = _data_dim(_msg, out.shape[0])
+                out = (_msg["scale"] * out.reshape(out.shape + (1,) * (-1 - dim)))
+                out = out.expand(_msg["fn"].batch_shape)
                 return out.reshape(_downstream_shape(out.shape))
 
             options.update(nn_baseline=nn_baseline, nn_baseline_input=self.inputs)
@@ -172,6 +194,29 @@ class AverageBaselineTraceGraph_ELBO(TraceGraph_ELBO):
                 if key in saved:
                     store[key] = saved[key]
 
+    # Pyro has no public hook for where the decaying averages live: its private
+    # ``_construct_baseline`` reads and writes them in the global param store during this
+    # per-particle step, so this is the narrowest place to swap the instance's own averages in.
     def _loss_and_surrogate_loss_particle(self, model_trace, guide_trace):
         with self._private_averages(guide_trace):
             return super()._loss_and_surrogate_loss_particle(model_trace, guide_trace)
+
+
+def score_function_guide(average_beta=None, network=None):
+    """``wrap_guide`` of the score-function objectives: the guide with reparameterization
+    switched off (:class:`~ppl_vae.infer.no_reparam.NoReparamMessenger`) and, optionally, a
+    decaying-average and/or neural baseline at every latent site (:class:`BaselineMessenger`).
+    The neural baseline's input is the guide's data argument (first positional or ``x=``)."""
+
+    def wrap_guide(guide):
+        def guide_without_reparam(*args, **kwargs):
+            fn = NoReparamMessenger()(guide)
+            if average_beta is not None or network is not None:
+                inputs = args[0] if args else kwargs.get("x")
+                fn = BaselineMessenger(average_beta=average_beta, network=network,
+                                       inputs=inputs)(fn)
+            return fn(*args, **kwargs)
+
+        return guide_without_reparam
+
+    return wrap_guide

@@ -55,6 +55,11 @@ class DReG_ELBO(IWAE_ELBO):
     ``loss`` / ``loss_and_grads`` return -L_K (an estimate) as a float.
     """
 
+    # ``_get_trace`` is the per-particle extension point of Pyro's ELBO classes. This one follows
+    # the steps of ``pyro.infer.enum.get_importance_trace`` (trace the guide, replay the model,
+    # prune subsample sites, score, validate) because the latent values must be replaced by
+    # aliases *between* tracing the guide and replaying the model, where that function has no
+    # hook; an effect handler on the guide would alias the values inside the guide too.
     def _get_trace(self, model, guide, args, kwargs):
         guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
         self._check_reparameterized(guide_trace)
@@ -86,10 +91,11 @@ class DReG_ELBO(IWAE_ELBO):
             for value, shape in sites:
                 if not value.requires_grad:
                     continue
-                if w.shape != shape:
+                if shape.numel() != w.numel():
                     raise NotImplementedError(
                         "DReG_ELBO: every latent site must share the plates of the log-weights "
                         f"(site batch shape {tuple(shape)} vs weights {tuple(w.shape)})"
                     )
-                w_event = w.reshape(w.shape + (1,) * (value.dim() - w.dim()))
+                # the site's batch shape may hold size-1 dims of plates it is not in
+                w_event = w.reshape(shape + (1,) * (value.dim() - len(shape)))
                 value.register_hook(lambda grad, w_event=w_event: grad * w_event)

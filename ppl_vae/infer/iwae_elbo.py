@@ -37,6 +37,8 @@ __all__ = ["IWAE_ELBO"]
 class IWAE_ELBO(RenyiELBO):
     """-L_K as the loss, K = ``num_particles``; reparameterized gradient."""
 
+    can_infer_discrete = False  # guide sites must be reparameterizable (checked per trace)
+
     def __init__(
         self,
         num_particles=2,

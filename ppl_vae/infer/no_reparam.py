@@ -12,7 +12,10 @@ For a latent site z ~ q_phi(z|x) the ELBO gradient can be estimated in two ways:
 Pyro's ELBOs choose between the two per sample site from ``fn.has_rsample``. The
 :class:`NoReparamMessenger` below wraps every latent sample site's distribution in
 :class:`NonReparameterized`, which reports ``has_rsample = False`` and draws samples with no
-gradient path, so that :class:`~pyro.infer.TraceGraph_ELBO` uses the score function on the *same*
+gradient path (Pyro's public ``Distribution.has_rsample_(False)`` cannot be used for this in
+pyro-ppl 1.9: it raises on ``Independent``, whose ``has_rsample`` is a read-only property, and
+setting it on the base distribution instead breaks vectorized particles, because
+``BroadcastMessenger`` then tries to copy the flag onto the expanded ``Independent``), so that :class:`~pyro.infer.TraceGraph_ELBO` uses the score function on the *same*
 continuous latent. Being an effect handler, it works for any guide, not only ours::
 
     with NoReparamMessenger():
@@ -24,7 +27,7 @@ from __future__ import annotations
 import torch
 from pyro.distributions import TorchDistribution
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
+from pyro.poutine.util import site_is_subsample
 
 __all__ = ["NonReparameterized", "NoReparamMessenger", "no_reparam"]
 
@@ -101,7 +104,7 @@ class NoReparamMessenger(Messenger):
         fn = msg["fn"]
         if (
             msg["is_observed"]
-            or isinstance(fn, _Subsample)
+            or site_is_subsample(msg)
             or msg["infer"].get("enumerate")
             or not getattr(fn, "has_rsample", False)
             or (self.sites is not None and msg["name"] not in self.sites)

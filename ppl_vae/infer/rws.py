@@ -38,6 +38,8 @@ __all__ = ["ReweightedWakeSleep"]
 class ReweightedWakeSleep(pyro.infer.ReweightedWakeSleep):
     """Wake-theta + wake-phi reweighted wake-sleep with per-data-point weights (K >= 2)."""
 
+    can_infer_discrete = True  # particles are drawn without a gradient path
+
     def __init__(
         self,
         num_particles=2,

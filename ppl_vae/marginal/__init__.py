@@ -61,13 +61,49 @@ must accept any number of data points (amortized guides do); pass ``batch_size >
 All of this runs under ``torch.no_grad()`` except AIS's gradients with respect to z.
 """
 
+from dataclasses import replace
+
+from ..errors import ConfigError
 from .ais import annealed_importance_sampling
 from .importance import importance_sampling, naive_monte_carlo
 from .result import MarginalLikelihoodResult
 
 __all__ = [
+    "ESTIMATORS",
     "MarginalLikelihoodResult",
     "annealed_importance_sampling",
+    "estimate_log_likelihood",
     "importance_sampling",
     "naive_monte_carlo",
 ]
+
+#: The marginal-likelihood estimators of :func:`estimate_log_likelihood` (``ppl-vae evaluate``).
+ESTIMATORS = {
+    "elbo": "the mean of K log weights log p(x,z)/q(z|x), z ~ q: the K-sample ELBO estimate",
+    "naive": "naive Monte Carlo with the prior as proposal",
+    "is": "importance sampling with the guide as proposal (the IWAE bound L_K)",
+    "ais": "annealed importance sampling with HMC transitions; K = number of chains",
+}
+
+
+def estimate_log_likelihood(model, guide, x, estimator: str, num_samples: int,
+                            **options) -> MarginalLikelihoodResult:
+    """Run the estimator named ``estimator`` (a key of :data:`ESTIMATORS`) on ``x``.
+
+    ``options`` go to the estimator's function (``batch_size``, ``particle_chunk``,
+    ``progress``; for ``ais`` also ``num_steps``, ``num_leapfrog``, ``step_size``, ``init``,
+    ``schedule``). ``elbo`` is importance sampling reported as the mean log weight, with
+    per-point standard error sd(log w) / sqrt(K).
+    """
+    if estimator == "naive":
+        return naive_monte_carlo(model, x, num_samples, **options)
+    if estimator in ("is", "elbo"):
+        result = importance_sampling(model, guide, x, num_samples, **options)
+        if estimator == "is":
+            return result
+        return replace(result, estimator="elbo", log_likelihood=result.log_weight_mean,
+                       stderr=(result.log_weight_var / num_samples).sqrt())
+    if estimator == "ais":
+        num_steps = options.pop("num_steps", 1000)
+        return annealed_importance_sampling(model, guide, x, num_samples, num_steps, **options)
+    raise ConfigError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")

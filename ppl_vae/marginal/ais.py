@@ -14,25 +14,25 @@ from pyro.distributions import constraints
 from torch.distributions import biject_to
 
 from ..errors import ConfigError
-from ._common import (
+from .common import (
     PARTICLES,
-    _AIS_ELEMENT_BUDGET,
-    _Layout,
-    _SCHEDULES,
-    _check_data,
-    _check_same_latents,
-    _chunks,
-    _collect,
-    _default_chunks,
-    _optional_positive_int,
-    _per_point,
-    _positive_int,
-    _probe,
-    _progress,
-    _release_free_memory,
-    _sample_sites,
-    _sum_log_prob,
-    _weight_stats,
+    AIS_ELEMENT_BUDGET,
+    Layout,
+    SCHEDULES,
+    check_data,
+    check_same_latents,
+    chunk_ranges,
+    collect_result,
+    default_chunks,
+    optional_positive_int,
+    per_point,
+    positive_int,
+    probe,
+    progress_bar,
+    release_free_memory,
+    sample_sites,
+    sum_log_prob,
+    weight_stats,
 )
 from .result import MarginalLikelihoodResult
 
@@ -57,7 +57,7 @@ def _schedule(schedule, num_steps: int) -> torch.Tensor:
             betas = (s - s[0]) / (s[-1] - s[0])
         else:
             raise ConfigError(
-                f"unknown AIS schedule {schedule!r}; choose one of {_SCHEDULES} or pass the "
+                f"unknown AIS schedule {schedule!r}; choose one of {SCHEDULES} or pass the "
                 "temperatures β_0 = 0 < ... < β_T = 1"
             )
         betas[0], betas[-1] = 0.0, 1.0
@@ -87,7 +87,7 @@ class _LatentSite:
     identity: bool
 
 
-def _latent_transforms(layout: _Layout) -> list[_LatentSite]:
+def _latent_transforms(layout: Layout) -> list[_LatentSite]:
     out = []
     for name in layout.latent:
         support = layout.supports[name]
@@ -108,7 +108,7 @@ def _latent_transforms(layout: _Layout) -> list[_LatentSite]:
     return out
 
 
-def _cb_view(v: torch.Tensor, u: torch.Tensor, site: _LatentSite, layout: _Layout):
+def _cb_view(v: torch.Tensor, u: torch.Tensor, site: _LatentSite, layout: Layout):
     """View a (chains or 1, points) tensor so that it broadcasts against the site tensor ``u``."""
     nb = layout.max_plate_nesting + 1
     if u.dim() - site.u_event_dim != nb:
@@ -147,21 +147,21 @@ class _AnnealedTarget:
                 zs = s.transform(ur[s.name])
                 z[s.name] = zs
                 if not s.identity:
-                    ldj = ldj + _per_point(s.transform.log_abs_det_jacobian(ur[s.name], zs), layout)
+                    ldj = ldj + per_point(s.transform.log_abs_det_jacobian(ur[s.name], zs), layout)
             with pyro.plate(PARTICLES, self.chains, dim=layout.particle_dim):
                 mtr = poutine.trace(poutine.condition(self.model, data=z)).get_trace(self.xb)
                 gtr = None
                 if self.init == "guide":
                     gtr = poutine.trace(poutine.condition(self.guide, data=z)).get_trace(self.xb)
             mtr.compute_log_prob()
-            log_p = _sum_log_prob(mtr, [name for name, _ in _sample_sites(mtr)], layout, shape)
+            log_p = sum_log_prob(mtr, [name for name, _ in sample_sites(mtr)], layout, shape)
             if gtr is None:
-                log_q = _sum_log_prob(mtr, list(z), layout, shape)
+                log_q = sum_log_prob(mtr, list(z), layout, shape)
             else:
-                names = [name for name, _ in _sample_sites(gtr)]
-                _check_same_latents(list(z), names)
+                names = [name for name, _ in sample_sites(gtr)]
+                check_same_latents(list(z), names)
                 gtr.compute_log_prob()
-                log_q = _sum_log_prob(gtr, names, layout, shape)
+                log_q = sum_log_prob(gtr, names, layout, shape)
             a, b = log_q + ldj, log_p + ldj
             inputs = list(ur.values())
             ga = torch.autograd.grad(a.sum(), inputs, retain_graph=True, allow_unused=True)
@@ -175,7 +175,7 @@ class _AnnealedTarget:
 def _kinetic(p: dict, sites, layout) -> torch.Tensor:
     total = 0.0
     for s in sites:
-        total = total + _per_point(0.5 * p[s.name] ** 2, layout, s.u_event_dim)
+        total = total + per_point(0.5 * p[s.name] ** 2, layout, s.u_event_dim)
     return total
 
 
@@ -217,6 +217,60 @@ def _hmc_step(target, sites, layout, state, beta: float, eps, num_leapfrog: int)
     new_a = torch.where(accept, a1, a)
     new_b = torch.where(accept, b1, b)
     return (new_u, new_a, new_b, new_ga, new_gb), accept_prob
+
+
+def _check_options(guide, num_samples, num_steps, init, schedule, num_leapfrog, step_size,
+                   target_accept, min_step_size, max_step_size, batch_size, particle_chunk):
+    """Validated ``(chains, T, num_leapfrog, batch_size, particle_chunk)``."""
+    if init not in ("guide", "prior"):
+        raise ConfigError(f"init must be 'guide' or 'prior', got {init!r}")
+    if init == "guide" and guide is None:
+        raise ConfigError("init='guide' needs a guide; pass init='prior' to start from p(z)")
+    for name, v in (("step_size", step_size), ("min_step_size", min_step_size),
+                    ("max_step_size", max_step_size)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ConfigError(f"{name} must be a positive number, got {v!r}")
+    if not 0.0 < float(target_accept) < 1.0:
+        raise ConfigError(f"target_accept must be in (0, 1), got {target_accept!r}")
+    if isinstance(schedule, str) and schedule not in SCHEDULES:
+        raise ConfigError(
+            f"unknown AIS schedule {schedule!r}; choose one of {SCHEDULES} or pass the "
+            "temperatures β_0 = 0 < ... < β_T = 1"
+        )
+    return (positive_int(num_samples, "num_samples"), positive_int(num_steps, "num_steps"),
+            positive_int(num_leapfrog, "num_leapfrog"),
+            optional_positive_int(batch_size, "batch_size"),
+            optional_positive_int(particle_chunk, "particle_chunk"))
+
+
+def _anneal(target, sites, layout, betas, step_size, num_leapfrog, adapt, bar):
+    """Run one chunk of chains along the path; ``(log weights (chains, points), summed
+    acceptance per point, final step sizes)``. ``adapt``: ``None`` or ``(target_accept, lo,
+    hi)`` for the step-size adaptation of Wu et al. (2017); ``bar`` ticks once per step."""
+    t_steps = betas.numel() - 1
+    u = target.initial()
+    state = (u, *target(u))
+    ref = next(iter(u.values()))
+    n_points = target.shape[1]
+    logw = torch.zeros(target.shape, dtype=torch.float64, device=ref.device)
+    eps = torch.full((n_points,), float(step_size), dtype=ref.dtype, device=ref.device)
+    avg_acc = torch.full((n_points,), adapt[0] if adapt else 0.0, dtype=torch.float64,
+                         device=ref.device)
+    acc_total = torch.zeros(n_points, dtype=torch.float64, device=ref.device)
+    for t in range(1, t_steps + 1):
+        _, a, b, _, _ = state
+        logw += (betas[t] - betas[t - 1]).item() * (b - a).double()
+        if t < t_steps:
+            state, acc = _hmc_step(target, sites, layout, state, float(betas[t]), eps,
+                                   num_leapfrog)
+            acc_point = acc.mean(0)
+            acc_total += acc_point
+            if adapt:
+                avg_acc = 0.9 * avg_acc + 0.1 * acc_point
+                eps = torch.where(avg_acc > adapt[0], eps * 1.02, eps * 0.98)
+                eps = eps.clamp(float(adapt[1]), float(adapt[2]))
+        bar.update(1)
+    return logw, acc_total, eps
 
 
 @torch.no_grad()
@@ -275,78 +329,44 @@ def annealed_importance_sampling(
     chains (``particle_chunk``; chunks adapt their step sizes separately) bounds memory.
     """
     t0 = time.perf_counter()
-    c = _positive_int(num_samples, "num_samples")
-    t_steps = _positive_int(num_steps, "num_steps")
-    num_leapfrog = _positive_int(num_leapfrog, "num_leapfrog")
-    batch_size = _optional_positive_int(batch_size, "batch_size")
-    particle_chunk = _optional_positive_int(particle_chunk, "particle_chunk")
-    if init not in ("guide", "prior"):
-        raise ConfigError(f"init must be 'guide' or 'prior', got {init!r}")
-    if init == "guide" and guide is None:
-        raise ConfigError("init='guide' needs a guide; pass init='prior' to start from p(z)")
-    for name, v in (("step_size", step_size), ("min_step_size", min_step_size),
-                    ("max_step_size", max_step_size)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-            raise ConfigError(f"{name} must be a positive number, got {v!r}")
-    if not 0.0 < float(target_accept) < 1.0:
-        raise ConfigError(f"target_accept must be in (0, 1), got {target_accept!r}")
-    if isinstance(schedule, str) and schedule not in _SCHEDULES:
-        raise ConfigError(
-            f"unknown AIS schedule {schedule!r}; choose one of {_SCHEDULES} or pass the "
-            "temperatures β_0 = 0 < ... < β_T = 1"
-        )
+    c, t_steps, num_leapfrog, batch_size, particle_chunk = _check_options(
+        guide, num_samples, num_steps, init, schedule, num_leapfrog, step_size, target_accept,
+        min_step_size, max_step_size, batch_size, particle_chunk)
     betas = None if isinstance(schedule, str) else _schedule(schedule, t_steps)
-    x = _check_data(x)
-    layout = _probe(model, guide, x, max_plate_nesting=max_plate_nesting, data_dim=data_dim,
+    x = check_data(x)
+    layout = probe(model, guide, x, max_plate_nesting=max_plate_nesting, data_dim=data_dim,
                     use_guide=init == "guide")
     if betas is None:
         betas = _schedule(schedule, t_steps)
     t_steps = betas.numel() - 1
     sites = _latent_transforms(layout)
     n = x.shape[0]
-    batch_size, particle_chunk = _default_chunks(
-        c, batch_size, particle_chunk, layout.num_dims, n, _AIS_ELEMENT_BUDGET
+    batch_size, particle_chunk = default_chunks(
+        c, batch_size, particle_chunk, layout.num_dims, n, AIS_ELEMENT_BUDGET
     )
     n_chunks = math.ceil(n / batch_size) * math.ceil(c / particle_chunk)
     stats, kept, acc_rates, step_sizes = [], ([] if return_log_weights else None), [], []
-    with _progress(progress, n_chunks * t_steps, "ais", "step") as bar:
-        for b0, b1 in _chunks(n, batch_size):
+    with progress_bar(progress, n_chunks * t_steps, "ais", "step") as bar:
+        for b0, b1 in chunk_ranges(n, batch_size):
             xb = x[b0:b1]
             lw = torch.empty(b1 - b0, c, dtype=torch.float64)
             acc_sum = torch.zeros(b1 - b0, dtype=torch.float64)
             eps_sum = torch.zeros(b1 - b0, dtype=torch.float64)
-            for k0, k1 in _chunks(c, particle_chunk):
+            for k0, k1 in chunk_ranges(c, particle_chunk):
                 target = _AnnealedTarget(model, guide, xb, k1 - k0, layout, sites, init)
-                u = target.initial()
-                state = (u, *target(u))
-                ref = next(iter(u.values()))
-                logw = torch.zeros(target.shape, dtype=torch.float64, device=ref.device)
-                eps = torch.full((b1 - b0,), float(step_size), dtype=ref.dtype, device=ref.device)
-                avg_acc = torch.full((b1 - b0,), float(target_accept), dtype=torch.float64,
-                                     device=ref.device)
-                acc_total = torch.zeros(b1 - b0, dtype=torch.float64, device=ref.device)
-                for t in range(1, t_steps + 1):
-                    _, a, b, _, _ = state
-                    logw += (betas[t] - betas[t - 1]).item() * (b - a).double()
-                    if t < t_steps:
-                        state, acc = _hmc_step(target, sites, layout, state, float(betas[t]),
-                                               eps, num_leapfrog)
-                        acc_point = acc.mean(0)
-                        acc_total += acc_point
-                        if adapt_step_size:
-                            avg_acc = 0.9 * avg_acc + 0.1 * acc_point
-                            eps = torch.where(avg_acc > target_accept, eps * 1.02, eps * 0.98)
-                            eps = eps.clamp(float(min_step_size), float(max_step_size))
-                    bar.update(1)
+                adapt = (float(target_accept), min_step_size, max_step_size) \
+                    if adapt_step_size else None
+                logw, acc_total, eps = _anneal(target, sites, layout, betas, step_size,
+                                               num_leapfrog, adapt, bar)
                 lw[:, k0:k1] = logw.to("cpu").T
                 acc_sum += acc_total.cpu() / max(1, t_steps - 1) * (k1 - k0) / c
                 eps_sum += eps.double().cpu() * (k1 - k0) / c
-            stats.append(_weight_stats(lw))
+            stats.append(weight_stats(lw))
             acc_rates.append(acc_sum if t_steps > 1 else torch.full_like(acc_sum, math.nan))
             step_sizes.append(eps_sum)
             if kept is not None:
                 kept.append(lw)
-            _release_free_memory()
+            release_free_memory()
     info = {
         "num_steps": t_steps,
         "num_leapfrog": num_leapfrog,
@@ -355,4 +375,4 @@ def annealed_importance_sampling(
         "acceptance_rate": torch.cat(acc_rates),
         "step_size": torch.cat(step_sizes),
     }
-    return _collect("ais", stats, c, layout, t0, info=info, log_weights=kept)
+    return collect_result("ais", stats, c, layout, t0, info=info, log_weights=kept)

@@ -10,18 +10,18 @@ import torch
 from pyro import poutine
 
 from ..errors import ConfigError
-from ._common import (
+from .common import (
     PARTICLES,
-    _check_data,
-    _check_same_latents,
-    _latent_names,
-    _observed_names,
-    _optional_positive_int,
-    _positive_int,
-    _probe,
-    _run_weights,
-    _sample_sites,
-    _sum_log_prob,
+    check_data,
+    check_same_latents,
+    latent_names,
+    observed_names,
+    optional_positive_int,
+    positive_int,
+    probe,
+    run_weights,
+    sample_sites,
+    sum_log_prob,
 )
 from .result import MarginalLikelihoodResult
 
@@ -51,21 +51,21 @@ def naive_monte_carlo(
     (``batch_size`` data points x ``particle_chunk`` samples) and diagnostics.
     """
     t0 = time.perf_counter()
-    k = _positive_int(num_samples, "num_samples")
-    batch_size = _optional_positive_int(batch_size, "batch_size")
-    particle_chunk = _optional_positive_int(particle_chunk, "particle_chunk")
-    x = _check_data(x)
-    layout = _probe(model, None, x, max_plate_nesting=max_plate_nesting, data_dim=data_dim,
+    k = positive_int(num_samples, "num_samples")
+    batch_size = optional_positive_int(batch_size, "batch_size")
+    particle_chunk = optional_positive_int(particle_chunk, "particle_chunk")
+    x = check_data(x)
+    layout = probe(model, None, x, max_plate_nesting=max_plate_nesting, data_dim=data_dim,
                     use_guide=False)
 
     def log_weights(xb, kc):
         with pyro.plate(PARTICLES, kc, dim=layout.particle_dim):
             mtr = poutine.trace(model).get_trace(xb)
-        observed = _observed_names(mtr)
+        observed = observed_names(mtr)
         mtr.compute_log_prob(lambda name, site: name in observed)
-        return _sum_log_prob(mtr, observed, layout, (kc, xb.shape[0]))
+        return sum_log_prob(mtr, observed, layout, (kc, xb.shape[0]))
 
-    return _run_weights("naive", log_weights, x, k, batch_size, particle_chunk, layout, progress,
+    return run_weights("naive", log_weights, x, k, batch_size, particle_chunk, layout, progress,
                         return_log_weights, t0)
 
 
@@ -92,28 +92,28 @@ def importance_sampling(
     the guide's latent sites. See the module docstring for conventions, chunking and diagnostics.
     """
     t0 = time.perf_counter()
-    k = _positive_int(num_samples, "num_samples")
-    batch_size = _optional_positive_int(batch_size, "batch_size")
-    particle_chunk = _optional_positive_int(particle_chunk, "particle_chunk")
-    x = _check_data(x)
+    k = positive_int(num_samples, "num_samples")
+    batch_size = optional_positive_int(batch_size, "batch_size")
+    particle_chunk = optional_positive_int(particle_chunk, "particle_chunk")
+    x = check_data(x)
     if guide is None:
         raise ConfigError("importance_sampling needs a guide (use naive_monte_carlo for the prior)")
-    layout = _probe(model, guide, x, max_plate_nesting=max_plate_nesting, data_dim=data_dim,
+    layout = probe(model, guide, x, max_plate_nesting=max_plate_nesting, data_dim=data_dim,
                     use_guide=True)
 
     def log_weights(xb, kc):
         with pyro.plate(PARTICLES, kc, dim=layout.particle_dim):
             gtr = poutine.trace(guide).get_trace(xb)
             mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace(xb)
-        g_latent = _latent_names(gtr)
-        _check_same_latents(_latent_names(mtr), g_latent)
+        g_latent = latent_names(gtr)
+        check_same_latents(latent_names(mtr), g_latent)
         gtr.compute_log_prob(lambda name, site: name in g_latent)
         mtr.compute_log_prob()
         shape = (kc, xb.shape[0])
-        log_p = _sum_log_prob(mtr, [name for name, _ in _sample_sites(mtr)], layout, shape)
-        return log_p - _sum_log_prob(gtr, g_latent, layout, shape)
+        log_p = sum_log_prob(mtr, [name for name, _ in sample_sites(mtr)], layout, shape)
+        return log_p - sum_log_prob(gtr, g_latent, layout, shape)
 
-    return _run_weights("is", log_weights, x, k, batch_size, particle_chunk, layout, progress,
+    return run_weights("is", log_weights, x, k, batch_size, particle_chunk, layout, progress,
                         return_log_weights, t0)
 
 

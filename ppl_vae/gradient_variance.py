@@ -12,13 +12,12 @@ mean m = (1/G) sum_i g^_i and per-coordinate variance v_d = 1/(G-1) sum_i (g^_id
     the median over coordinates of the signal-to-noise ratio |m_d| / sqrt(v_d) (Rainforth et al.
     2018, "Tighter Variational Bounds are Not Necessarily Better", eq. (4)), also per group;
     coordinates with zero mean and zero variance (no gradient at all) are left out;
-``cosine_to_reparam``
-    cos(m, m_reparam), the angle between this estimator's mean gradient and the reparameterized
-    one: ~1 for any unbiased estimator of the same gradient (up to Monte Carlo error in the
-    means: with few draws a high-variance estimator's mean is itself noisy), and systematically
+``cosine_to_reference``
+    cos(m, m_ref), the angle between this estimator's mean gradient and the reference's (``trace``,
+    the reparameterized ELBO gradient, or ``score-avg`` where the guide has discrete latents):
+    ~1 for any unbiased estimator of the same gradient (up to Monte Carlo error in the means: with few draws a high-variance estimator's mean is itself noisy), and systematically
     below 1 for estimators of a *different* objective's gradient (iwae-K, dreg-K, rws: the IWAE
-    bound L_K). For a model with discrete latents ``reparam`` does not apply and the reference is
-    ``score-avg`` (``cosine_to_reference``);
+    bound L_K). The reference's own row has no cosine (it would be 1 by construction);
 ``seconds_per_gradient``
     mean wall-clock seconds of one estimate (one ``loss_and_grads`` call, the same code path as
     a training step, minus the optimizer update).
@@ -37,7 +36,6 @@ minibatch, which it never is in training).
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Iterable, Sequence
 
@@ -51,7 +49,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .infer.baselines import AverageBaselineTraceGraph_ELBO
-from .objectives import Objective, make_objective, objective_spec
+from .objectives import Objective, make_objective, objective_spec, parse_objective_list
 
 __all__ = [
     "GROUPS",
@@ -59,7 +57,6 @@ __all__ = [
     "statistics_frame",
     "parameter_groups",
     "has_discrete_latents",
-    "json_safe",
 ]
 
 GROUPS = ("decoder", "encoder")
@@ -71,11 +68,10 @@ STAT_KEYS = (
     "snr_median",
     "snr_median_decoder",
     "snr_median_encoder",
-    "cosine_to_reparam",
     "cosine_to_reference",
     "mean_gradient_norm",
     "seconds_per_gradient",
-    "objective",
+    "objective_value",
 )
 
 
@@ -234,16 +230,58 @@ def _measure(objective, model, guide, x, groups, draws, warmup, num_data, baseli
             "objective": -float(np.mean(losses)) if losses else float("nan")}
 
 
+def _objective_for(name, num_particles, options, x_dim, states):
+    """``make_objective`` with the options this objective takes and its trained module states
+    (a saved neural baseline) loaded."""
+    spec = objective_spec(name)
+    kw = {k: v for k, v in options.items() if k in spec.options}
+    objective = make_objective(name, num_particles=num_particles, x_dim=x_dim, **kw)
+    for module_name, state in (states or {}).get(name, {}).items():
+        if module_name in objective.modules:
+            objective.modules[module_name].load_state_dict(state)
+    return objective
+
+
+def _row(m: dict, draws: int, ref_mean, reference: str, is_reference: bool,
+         keep_vectors: bool) -> dict:
+    """The statistics of one measured objective (see the module docstring)."""
+    acc, sizes = m["acc"], m["sizes"]
+    mean, var = acc.mean, acc.var
+    means = dict(zip(GROUPS, mean.split(sizes)))
+    variances = dict(zip(GROUPS, var.split(sizes)))
+    row = {
+        "applicable": True,
+        "draws": draws,
+        "total_variance": float(var.sum()),
+        "variance_decoder": float(variances["decoder"].sum()),
+        "variance_encoder": float(variances["encoder"].sum()),
+        "snr_median": _median_snr(mean, var),
+        "snr_median_decoder": _median_snr(means["decoder"], variances["decoder"]),
+        "snr_median_encoder": _median_snr(means["encoder"], variances["encoder"]),
+        "cosine_to_reference": (None if ref_mean is None or is_reference
+                                else _cosine(mean, ref_mean)),
+        "reference": reference if ref_mean is not None else None,
+        "mean_gradient_norm": float(mean.norm()),
+        "seconds_per_gradient": m["seconds"],
+        "objective_value": m["objective"],
+        "num_parameters": {g: int(s) for g, s in zip(GROUPS, sizes)},
+    }
+    if keep_vectors:
+        row["mean"] = {g: means[g].numpy() for g in GROUPS}
+        row["variance"] = {g: variances[g].numpy() for g in GROUPS}
+    return row
+
+
 def gradient_statistics(
     model,
     guide,
     x: torch.Tensor,
-    estimators: Sequence[str],
+    objectives: Sequence[str],
     draws: int = 100,
     *,
     num_data: int | None = None,
     seed: int = 0,
-    num_particles: int = 1,
+    num_particles: int | None = None,
     warmup: int | None = None,
     baseline_lr: float = 1e-2,
     reference: str | None = None,
@@ -252,131 +290,77 @@ def gradient_statistics(
     options: dict | None = None,
     keep_vectors: bool = False,
 ) -> dict[str, dict]:
-    """Statistics of ``draws`` gradient estimates per estimator, at the current parameters.
+    """Statistics of ``draws`` gradient estimates per objective, at the current parameters.
 
     :param model, guide: a Pyro model/guide pair called as ``model(x, num_data=...)``.
-    :param x: the fixed minibatch, shape ``(B, D)``.
-    :param estimators: registered objective names (``reparam``, ``score-avg``, ``iwae-5``, ...).
+    :param x: the fixed minibatch, shape ``(B, ...)``.
+    :param objectives: registered objective names (``trace``, ``score-avg``, ``iwae-5``, ...).
     :param draws: G, the number of independent estimates (>= 2).
     :param num_data: passed to model and guide (the data plate then scales by num_data / B);
         ``None``: gradients of the batch *sum* of per-point objectives.
-    :param seed: each estimator starts from ``pyro.set_rng_seed(seed)``.
-    :param num_particles: particles per estimate for names without a ``-K`` suffix.
+    :param seed: each objective starts from ``pyro.set_rng_seed(seed)``.
+    :param num_particles: particles per estimate for names without a ``-K`` suffix (default:
+        each objective's own).
     :param warmup: draws spent warming up stateful estimators (baselines) before measuring;
         default :data:`DEFAULT_WARMUP` (300) for those; stateless estimators need none.
-    :param reference: the estimator whose mean gradient the cosines compare to; default
-        ``reparam``, or ``score-avg`` where the guide has discrete latents.
-    :param warmup_data: if given (``(N, D)``, N >= B), the warm-up draws use random minibatches
+    :param reference: the objective whose mean gradient the cosines compare to; default
+        ``trace``, or ``score-avg`` where the guide has discrete latents.
+    :param warmup_data: if given (``(N, ...)``, N >= B), the warm-up draws use random minibatches
         of B points from it, as in training, instead of ``x`` itself. This matters for the
         decaying average, which is kept per position in the batch: warmed up on ``x`` it becomes
         a per-data-point (input-dependent) baseline for ``x``, which it never is in training.
     :param objective_states: ``{name: {module_name: state_dict}}``, trained states of an
-        estimator's own modules (e.g. the neural baseline saved in a ``score-nn`` run's
+        objective's own modules (e.g. the neural baseline saved in a ``score-nn`` run's
         checkpoint) loaded before the warm-up.
-    :param options: extra keyword options for :func:`~ppl_vae.objectives.make_objective`.
+    :param options: keyword options for :func:`~ppl_vae.objectives.make_objective`, each passed
+        to the objectives that take it.
     :param keep_vectors: also return per-coordinate ``mean`` / ``variance`` arrays per group.
     :returns: ``{name: {"applicable": bool, "total_variance": ..., ...}}`` (see module docs);
-        for an estimator that does not apply (a reparameterized one on a discrete-latent model)
-        ``applicable`` is False, ``reason`` says why and the statistics are None.
+        for an objective that does not apply (one whose ELBO cannot infer discrete latents, on a
+        discrete-latent model) ``applicable`` is False, ``reason`` says why and the statistics
+        are None.
     """
     draws = int(draws)
     if draws < 2:
         raise ConfigError(f"draws must be >= 2, got {draws}")
-    estimators = list(dict.fromkeys(estimators))
-    if not estimators:
-        raise ConfigError("no estimators given")
-    for name in estimators:
-        objective_spec(name)  # unknown names raise ConfigError before any work
+    objectives = parse_objective_list(objectives)
     x = torch.as_tensor(x)
     kwargs = {} if num_data is None else {"num_data": num_data}
     groups = parameter_groups(model, guide, x, **kwargs)
     discrete = has_discrete_latents(guide, x, **kwargs)
-    if reference is None:
-        reference = "score-avg" if discrete else "reparam"
-    options = dict(options or {})
-    options.setdefault("x_dim", int(x.reshape(x.shape[0], -1).shape[1]))
+    reference = reference or ("score-avg" if discrete else "trace")
+    x_dim = int(x.reshape(x.shape[0], -1).shape[1])
 
     def applicable(name):
-        return not (discrete and objective_spec(name).requires_reparam)
+        return not discrete or objective_spec(name).can_infer_discrete
 
     measured: dict[str, dict] = {}
-    to_measure = list(estimators)
-    extra = [n for n in dict.fromkeys(["reparam", reference]) if n not in to_measure]
-    to_measure += [n for n in extra if applicable(n)]
-    for name in to_measure:
-        if not applicable(name):
-            continue
-        objective = make_objective(name, num_particles=num_particles, **options)
-        for module_name, state in (objective_states or {}).get(name, {}).items():
-            if module_name in objective.modules:
-                objective.modules[module_name].load_state_dict(state)
-        w = 0
-        if _is_stateful(objective):
-            w = DEFAULT_WARMUP if warmup is None else int(warmup)
-        measured[name] = _measure(objective, model, guide, x, groups, draws, w, num_data,
-                                  baseline_lr, seed, warmup_data)
-
-    def mean_of(name):
-        return measured[name]["acc"].mean if name in measured else None
-
-    ref_mean, reparam_mean = mean_of(reference), mean_of("reparam")
+    for name in dict.fromkeys([*objectives, reference]):
+        if applicable(name):
+            objective = _objective_for(name, num_particles, dict(options or {}), x_dim,
+                                       objective_states)
+            w = (DEFAULT_WARMUP if warmup is None else int(warmup)) if _is_stateful(objective) \
+                else 0
+            measured[name] = _measure(objective, model, guide, x, groups, draws, w, num_data,
+                                      baseline_lr, seed, warmup_data)
+    ref_mean = measured[reference]["acc"].mean if reference in measured else None
     results: dict[str, dict] = {}
-    for name in estimators:
-        if name not in measured:
+    for name in objectives:
+        if name in measured:
+            results[name] = _row(measured[name], draws, ref_mean, reference, name == reference,
+                                 keep_vectors)
+        else:
             results[name] = {"applicable": False,
                              "reason": "needs reparameterizable latents; the guide has discrete "
-                                       "ones",
-                             **{k: None for k in STAT_KEYS}}
-            continue
-        m = measured[name]
-        acc, sizes = m["acc"], m["sizes"]
-        mean, var = acc.mean, acc.var
-        means = dict(zip(GROUPS, mean.split(sizes)))
-        variances = dict(zip(GROUPS, var.split(sizes)))
-        row = {
-            "applicable": True,
-            "draws": draws,
-            "total_variance": float(var.sum()),
-            "variance_decoder": float(variances["decoder"].sum()),
-            "variance_encoder": float(variances["encoder"].sum()),
-            "snr_median": _median_snr(mean, var),
-            "snr_median_decoder": _median_snr(means["decoder"], variances["decoder"]),
-            "snr_median_encoder": _median_snr(means["encoder"], variances["encoder"]),
-            "cosine_to_reparam": None if reparam_mean is None else _cosine(mean, reparam_mean),
-            "cosine_to_reference": None if ref_mean is None else _cosine(mean, ref_mean),
-            "reference": reference if ref_mean is not None else None,
-            "mean_gradient_norm": float(mean.norm()),
-            "seconds_per_gradient": m["seconds"],
-            "objective": m["objective"],
-            "num_parameters": {g: int(s) for g, s in zip(GROUPS, sizes)},
-        }
-        if keep_vectors:
-            row["mean"] = {g: means[g].numpy() for g in GROUPS}
-            row["variance"] = {g: variances[g].numpy() for g in GROUPS}
-        results[name] = row
+                                       "ones", **{k: None for k in STAT_KEYS}}
     return results
 
 
 def statistics_frame(results: dict[str, dict]) -> pd.DataFrame:
-    """One row per estimator with the scalar statistics (a tidy table for CSV / markdown)."""
+    """One row per objective with the scalar statistics (a tidy table for CSV / markdown)."""
     rows = []
     for name, r in results.items():
-        row = {"estimator": name, "applicable": r.get("applicable", True)}
+        row = {"objective": name, "applicable": r.get("applicable", True)}
         row.update({k: r.get(k) for k in STAT_KEYS})
         rows.append(row)
-    return pd.DataFrame(rows, columns=["estimator", "applicable", *STAT_KEYS])
-
-
-def json_safe(value):
-    """Replace NaN/inf floats (not valid JSON) by None, recursively; numpy to lists."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+    return pd.DataFrame(rows, columns=["objective", "applicable", *STAT_KEYS])

@@ -19,16 +19,16 @@ from ..errors import ConfigError, DataError, PplVaeError
 from .result import MarginalLikelihoodResult
 
 PARTICLES = "_marginal_particles"
-_ELEMENT_BUDGET = 2**25  # floats per (particle_chunk x batch_size x D) tensor, IS / naive MC
-_AIS_ELEMENT_BUDGET = 2**22  # the same for AIS, which also holds an autograd graph
-_SCHEDULES = ("geometric", "sigmoid", "linear")
+ELEMENT_BUDGET = 2**25  # floats per (particle_chunk x batch_size x D) tensor, IS / naive MC
+AIS_ELEMENT_BUDGET = 2**22  # the same for AIS, which also holds an autograd graph
+SCHEDULES = ("geometric", "sigmoid", "linear")
 
 
 
 # ------------------------------------------------------------------------------------------
 # checks and the probe trace
 # ------------------------------------------------------------------------------------------
-def _positive_int(value, name: str) -> int:
+def positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     if int(value) < 1:
@@ -36,11 +36,11 @@ def _positive_int(value, name: str) -> int:
     return int(value)
 
 
-def _optional_positive_int(value, name: str):
-    return None if value is None else _positive_int(value, name)
+def optional_positive_int(value, name: str):
+    return None if value is None else positive_int(value, name)
 
 
-def _check_data(x) -> torch.Tensor:
+def check_data(x) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise DataError(f"x must be a torch.Tensor of shape (N, ...), got {type(x).__name__}")
     if x.dim() < 1:
@@ -50,7 +50,7 @@ def _check_data(x) -> torch.Tensor:
     return x
 
 
-def _sample_sites(trace):
+def sample_sites(trace):
     return [
         (name, site)
         for name, site in trace.nodes.items()
@@ -58,25 +58,25 @@ def _sample_sites(trace):
     ]
 
 
-def _latent_names(trace) -> list[str]:
-    return [name for name, site in _sample_sites(trace) if not site["is_observed"]]
+def latent_names(trace) -> list[str]:
+    return [name for name, site in sample_sites(trace) if not site["is_observed"]]
 
 
-def _observed_names(trace) -> list[str]:
-    return [name for name, site in _sample_sites(trace) if site["is_observed"]]
+def observed_names(trace) -> list[str]:
+    return [name for name, site in sample_sites(trace) if site["is_observed"]]
 
 
-def _nesting(trace) -> int:
+def plate_nesting(trace) -> int:
     dims = [
         -f.dim
-        for _, site in _sample_sites(trace)
+        for _, site in sample_sites(trace)
         for f in site["cond_indep_stack"]
         if f.vectorized and f.dim is not None
     ]
     return max(dims, default=0)
 
 
-def _run_probe(fn, x, what: str):
+def run_probe(fn, x, what: str):
     try:
         trace = poutine.trace(fn).get_trace(x)
         trace.compute_log_prob()  # checks observed values against their distributions' shapes
@@ -92,7 +92,7 @@ def _run_probe(fn, x, what: str):
 
 
 @dataclass
-class _Layout:
+class Layout:
     """What the probe traces say about the model/guide pair."""
 
     latent: tuple[str, ...]
@@ -107,15 +107,15 @@ class _Layout:
         return -(self.max_plate_nesting + 1)
 
 
-def _probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> _Layout:
+def probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> Layout:
     """Trace model (and guide) on one or two data points; raise clear errors for bad input."""
     n_probe = min(2, x.shape[0])
     xp = x[:n_probe]
     with torch.no_grad():
-        mtr = _run_probe(model, xp, "model")
-        gtr = _run_probe(guide, xp, "guide") if use_guide else None
-    observed = _observed_names(mtr)
-    latent = _latent_names(mtr)
+        mtr = run_probe(model, xp, "model")
+        gtr = run_probe(guide, xp, "guide") if use_guide else None
+    observed = observed_names(mtr)
+    latent = latent_names(mtr)
     if not observed:
         raise ConfigError(
             "the model has no observed sample site: it must observe the data, e.g. "
@@ -124,7 +124,7 @@ def _probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> 
     if not latent:
         raise ConfigError("the model has no latent sample site; log p(x) needs no estimator")
     if gtr is not None:
-        g_latent = _latent_names(gtr)
+        g_latent = latent_names(gtr)
         if set(g_latent) != set(latent):
             missing = sorted(set(latent) - set(g_latent))
             extra = sorted(set(g_latent) - set(latent))
@@ -147,11 +147,11 @@ def _probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> 
                     f"{tuple(ms)} in the model"
                 )
 
-    guessed = max(1, _nesting(mtr), _nesting(gtr) if gtr is not None else 0)
+    guessed = max(1, plate_nesting(mtr), plate_nesting(gtr) if gtr is not None else 0)
     if max_plate_nesting is None:
         max_plate_nesting = guessed
     else:
-        max_plate_nesting = _positive_int(max_plate_nesting, "max_plate_nesting")
+        max_plate_nesting = positive_int(max_plate_nesting, "max_plate_nesting")
         if max_plate_nesting < guessed:
             raise ConfigError(
                 f"max_plate_nesting={max_plate_nesting} but the model/guide nest plates "
@@ -185,7 +185,7 @@ def _probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> 
                 "along the first dimension of x"
             )
     supports = {name: mtr.nodes[name]["fn"].support for name in latent}
-    return _Layout(
+    return Layout(
         tuple(latent), tuple(observed), max_plate_nesting, data_dim, supports,
         int(x[0].numel()),
     )
@@ -194,7 +194,7 @@ def _probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> 
 # ------------------------------------------------------------------------------------------
 # per-data-point reductions
 # ------------------------------------------------------------------------------------------
-def _per_point(t: torch.Tensor, layout: _Layout, event_dim: int = 0) -> torch.Tensor:
+def per_point(t: torch.Tensor, layout: Layout, event_dim: int = 0) -> torch.Tensor:
     """Reduce a site-shaped tensor to (particles or 1, data or 1) by summing all other dims."""
     if event_dim:
         t = t.sum(dim=tuple(range(-event_dim, 0)))
@@ -212,15 +212,15 @@ def _per_point(t: torch.Tensor, layout: _Layout, event_dim: int = 0) -> torch.Te
     return t
 
 
-def _sum_log_prob(trace, names, layout: _Layout, shape) -> torch.Tensor:
+def sum_log_prob(trace, names, layout: Layout, shape) -> torch.Tensor:
     total = None
     for name in names:
-        lp = _per_point(trace.nodes[name]["log_prob"], layout)
+        lp = per_point(trace.nodes[name]["log_prob"], layout)
         total = lp if total is None else total + lp
     return torch.broadcast_to(total, shape)
 
 
-def _weight_stats(lw: torch.Tensor) -> dict:
+def weight_stats(lw: torch.Tensor) -> dict:
     """Diagnostics of log weights ``lw`` of shape (B, K), float64."""
     b, k = lw.shape
     lse = torch.logsumexp(lw, -1)
@@ -234,11 +234,11 @@ def _weight_stats(lw: torch.Tensor) -> dict:
         out["stderr"] = torch.full((b,), math.nan, dtype=lw.dtype)
         out["log_weight_var"] = torch.full((b,), math.nan, dtype=lw.dtype)
     out["log_weight_mean"] = lw.mean(-1)
-    out["pareto_k"] = _pareto_k(lw)
+    out["pareto_k"] = pareto_k_hat(lw)
     return out
 
 
-def _pareto_k(lw: torch.Tensor) -> torch.Tensor:
+def pareto_k_hat(lw: torch.Tensor) -> torch.Tensor:
     """PSIS k̂ per row via :func:`arviz.psislw` (sample axis last); NaN where not estimable."""
     b, k = lw.shape
     out = torch.full((b,), math.nan, dtype=torch.float64)
@@ -260,7 +260,7 @@ def _pareto_k(lw: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _release_free_memory() -> None:
+def release_free_memory() -> None:
     """Hand freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
 
     Chunked evaluation allocates and frees the same large activations thousands of times; with
@@ -282,12 +282,12 @@ def _release_free_memory() -> None:
 _MALLOC_TRIM = None
 
 
-def _chunks(n: int, size: int):
+def chunk_ranges(n: int, size: int):
     for start in range(0, n, size):
         yield start, min(n, start + size)
 
 
-def _default_chunks(k, batch_size, particle_chunk, num_dims, n, budget):
+def default_chunks(k, batch_size, particle_chunk, num_dims, n, budget):
     rows = max(1, budget // max(1, num_dims))
     if particle_chunk is None:
         particle_chunk = min(k, rows)
@@ -296,14 +296,14 @@ def _default_chunks(k, batch_size, particle_chunk, num_dims, n, budget):
     return min(batch_size, n), min(particle_chunk, k)
 
 
-def _progress(progress, total, desc, unit):
+def progress_bar(progress, total, desc, unit):
     return tqdm(
         total=total, disable=not progress, desc=desc, unit=unit, unit_scale=True,
         dynamic_ncols=True, leave=False, file=sys.stderr,
     )
 
 
-def _collect(name, stats, k, layout, t0, info=None, log_weights=None) -> MarginalLikelihoodResult:
+def collect_result(name, stats, k, layout, t0, info=None, log_weights=None) -> MarginalLikelihoodResult:
     cat = {key: torch.cat([s[key] for s in stats]) for key in stats[0]}
     return MarginalLikelihoodResult(
         estimator=name,
@@ -316,28 +316,28 @@ def _collect(name, stats, k, layout, t0, info=None, log_weights=None) -> Margina
     )
 
 
-def _run_weights(name, log_weight_fn, x, k, batch_size, particle_chunk, layout, progress,
+def run_weights(name, log_weight_fn, x, k, batch_size, particle_chunk, layout, progress,
                  return_log_weights, t0) -> MarginalLikelihoodResult:
     n = x.shape[0]
-    batch_size, particle_chunk = _default_chunks(
-        k, batch_size, particle_chunk, layout.num_dims, n, _ELEMENT_BUDGET
+    batch_size, particle_chunk = default_chunks(
+        k, batch_size, particle_chunk, layout.num_dims, n, ELEMENT_BUDGET
     )
     stats, kept = [], ([] if return_log_weights else None)
-    with _progress(progress, n * k, name, "sample") as bar:
-        for b0, b1 in _chunks(n, batch_size):
+    with progress_bar(progress, n * k, name, "sample") as bar:
+        for b0, b1 in chunk_ranges(n, batch_size):
             xb = x[b0:b1]
             lw = torch.empty(b1 - b0, k, dtype=torch.float64)
-            for k0, k1 in _chunks(k, particle_chunk):
+            for k0, k1 in chunk_ranges(k, particle_chunk):
                 lw[:, k0:k1] = log_weight_fn(xb, k1 - k0).detach().to("cpu", torch.float64).T
                 bar.update((b1 - b0) * (k1 - k0))
-            stats.append(_weight_stats(lw))
+            stats.append(weight_stats(lw))
             if kept is not None:
                 kept.append(lw)
-            _release_free_memory()
-    return _collect(name, stats, k, layout, t0, log_weights=kept)
+            release_free_memory()
+    return collect_result(name, stats, k, layout, t0, log_weights=kept)
 
 
-def _check_same_latents(model_names, guide_names):
+def check_same_latents(model_names, guide_names):
     if set(model_names) != set(guide_names):
         raise ConfigError(
             f"the guide's latent sites {sorted(guide_names)} differ from the model's "
