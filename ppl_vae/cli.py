@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .errors import PplVaeError
@@ -29,11 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "nproc"):  # a command that runs distributed (torchrun or --nproc N)
+            from .distributed import run_command
+
+            return int(run_command(args, argv, args._run) or 0)
         return int(args._run(args) or 0)
     except PplVaeError as exc:
-        print(f"ppl-vae {args.command}: error: {exc}", file=sys.stderr)
+        worker = (f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1
+                  and "RANK" in os.environ else "")
+        print(f"ppl-vae {args.command}: error: {worker}{exc}", file=sys.stderr)
         return 2
 
 
