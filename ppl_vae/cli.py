@@ -7,7 +7,7 @@ import importlib
 import os
 import sys
 
-from .errors import PplVaeError
+from .errors import DistributedError, PplVaeError
 
 __all__ = ["main", "build_parser"]
 
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
         worker = (f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1
                   and "RANK" in os.environ else "")
         print(f"ppl-vae {args.command}: error: {worker}{exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, DistributedError) else 2
 
 
 if __name__ == "__main__":  # pragma: no cover

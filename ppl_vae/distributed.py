@@ -30,7 +30,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError, PplVaeError
+from .errors import ConfigError, DistributedError, PplVaeError
 
 __all__ = [
     "GradientSync", "add_arguments", "barrier", "broadcast_modules", "from_rank0", "gather",
@@ -99,9 +99,21 @@ def process_group(device="cpu", timeout: float | None = None):
         dist.destroy_process_group()
 
 
+def collective(op, *args, **kwargs):
+    """``op(*args, **kwargs)``, a ``torch.distributed`` collective; its failure (a peer died or
+    hung past the timeout) becomes one :class:`DistributedError` line instead of a traceback."""
+    try:
+        return op(*args, **kwargs)
+    except RuntimeError as exc:  # torch.distributed.DistError and gloo/nccl errors
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise DistributedError(
+            f"rank {rank()}: {op.__name__} failed: another worker died, hung past the timeout "
+            f"or cannot be reached ({lines[0][:160]})") from exc
+
+
 def barrier() -> None:
     if world_size() > 1:
-        dist.barrier()
+        collective(dist.barrier)
 
 
 KILL_RANK_ENV = "PPL_VAE_TEST_KILL_RANK"  # tests only: this rank dies ...
@@ -133,7 +145,7 @@ def broadcast_modules(*modules) -> None:
         for tensor in module.state_dict(keep_vars=True).values():
             if isinstance(tensor, torch.nn.parameter.UninitializedParameter):
                 continue
-            dist.broadcast(tensor.data, src=0)
+            collective(dist.broadcast, tensor.data, src=0)
 
 
 def from_rank0(fn, *args, **kwargs):
@@ -150,9 +162,9 @@ def from_rank0(fn, *args, **kwargs):
             box[1] = exc
         except Exception as exc:
             box[1] = RuntimeError(f"rank 0 failed: {type(exc).__name__}: {exc}")
-            dist.broadcast_object_list(box, src=0)
+            collective(dist.broadcast_object_list, box, src=0)
             raise
-    dist.broadcast_object_list(box, src=0)
+    collective(dist.broadcast_object_list, box, src=0)
     if box[1] is not None:
         raise box[1]
     return box[0]
@@ -163,7 +175,7 @@ def gather(obj) -> list:
     if world_size() == 1:
         return [obj]
     out = [None] * world_size()
-    dist.all_gather_object(out, obj)
+    collective(dist.all_gather_object, out, obj)
     return out
 
 
@@ -258,7 +270,7 @@ class GradientSync:
         meta = [w * loss if w else 0.0] + [float(p.grad is not None) for p in params]
         bucket = torch.cat([torch.cat(grads).to(dtype).mul_(w),
                             torch.tensor(meta, dtype=dtype, device=params[0].device)])
-        dist.all_reduce(bucket)
+        collective(dist.all_reduce, bucket)
         meta = bucket[-len(meta):].tolist()
         offset = 0
         for p, has_grad in zip(params, meta[1:]):
@@ -280,13 +292,13 @@ def sync_averages(objective) -> None:
     for name in sorted(averages):
         t = averages[name].clone()
         sizes = torch.tensor([t.numel(), -t.numel()], device=t.device)
-        dist.all_reduce(sizes, op=dist.ReduceOp.MAX)
+        collective(dist.all_reduce, sizes, op=dist.ReduceOp.MAX)
         if int(sizes[0]) == -int(sizes[1]):
-            dist.all_reduce(t)
+            collective(dist.all_reduce, t)
             averages[name] = t / world_size()
         else:
             total = torch.stack([t.sum(), torch.tensor(float(t.numel()), device=t.device)])
-            dist.all_reduce(total)
+            collective(dist.all_reduce, total)
             averages[name] = torch.full_like(t, float(total[0] / total[1]))
 
 

@@ -139,6 +139,8 @@ def test_dead_rank_stops_the_job_and_resume_continues(tmp_path):
     ours = [line for line in r.stderr.splitlines() if "worker rank" in line]
     assert ours == ["ppl-vae train: error: worker rank 1 failed (exit code 1); the launcher "
                     "stopped the other workers"], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr  # rank 0: one line naming the failed collective
+    assert "ppl-vae train: error: [rank 0] rank 0: all_reduce failed" in r.stderr
     payload = load_checkpoint(out)  # epoch 1's checkpoint, intact
     assert payload["epochs_done"] == 1 and not payload["interrupted"]
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
@@ -173,3 +175,26 @@ def test_evaluate_per_point_is_identical_on_two_workers(trained_run, tmp_path, c
     assert per_point.log_likelihood.nunique() == 30
     assert two["log_likelihood"] == one["log_likelihood"] and two["n"] == 30
     assert len(pd.read_csv(trained_run / "evaluation.csv")) >= 2
+
+
+TIMING = ("seconds", "seconds_per_step", "seconds_per_gradient")
+
+
+@pytest.mark.slow  # ~15 s on an idle 2-core machine: a sequential grid plus a 2-worker one
+def test_compare_estimators_on_two_workers_writes_the_sequential_rows(tmp_path):
+    args = ["compare-estimators", "--objectives", "trace,meanfield,score-avg", "--steps", "4",
+            "--latent-dim", "2", "--hidden", "8", "--batch-size", "32", "--limit", "20",
+            "--samples", "2", "--draws", "2", "--warmup", "2", "--eval-every", "2",
+            "--no-progress", "--out"]
+    assert main([*args, str(tmp_path / "one")]) == 0
+    r = _run(["-m", "ppl_vae", *args, str(tmp_path / "two"), "--nproc", "2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("variance.png", "elbo_vs_steps.png", "elbo_vs_seconds.png", "summary.md"):
+        assert (tmp_path / "two" / name).is_file(), name
+    tidy = [pd.read_csv(tmp_path / d / "results.csv") for d in ("one", "two")]
+    tidy = [t[t.metric != "seconds_per_gradient"].drop(columns="seconds") for t in tidy]
+    assert list(tidy[1].objective.unique()) == ["trace", "meanfield", "score-avg"]
+    pd.testing.assert_frame_equal(tidy[0], tidy[1], check_exact=True)
+    summary = [pd.read_csv(tmp_path / d / "summary.csv").drop(columns=list(TIMING))
+               for d in ("one", "two")]
+    pd.testing.assert_frame_equal(summary[0], summary[1], check_exact=True)
