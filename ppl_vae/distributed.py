@@ -91,8 +91,10 @@ def process_group(device="cpu", timeout: float | None = None):
     device = _rank_device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=_timeout(timeout))
+        # nccl, bound to this rank's GPU
+        dist.init_process_group("nccl", timeout=_timeout(timeout), device_id=device)
+    else:
+        dist.init_process_group("gloo", timeout=_timeout(timeout))
     try:
         yield device
     finally:
@@ -107,7 +109,7 @@ def collective(op, *args, **kwargs):
     except RuntimeError as exc:  # torch.distributed.DistError and gloo/nccl errors
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         raise DistributedError(
-            f"rank {rank()}: {op.__name__} failed: another worker died, hung past the timeout "
+            f"{op.__name__} failed: another worker died, hung past the timeout "
             f"or cannot be reached ({lines[0][:160]})") from exc
 
 
