@@ -101,15 +101,15 @@ def process_group(device="cpu", timeout: float | None = None):
         dist.destroy_process_group()
 
 
-def collective(op, *args, **kwargs):
-    """``op(*args, **kwargs)``, a ``torch.distributed`` collective; its failure (a peer died or
+def collective(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, a ``torch.distributed`` collective; its failure (a peer died or
     hung past the timeout) becomes one :class:`DistributedError` line instead of a traceback."""
     try:
-        return op(*args, **kwargs)
+        return fn(*args, **kwargs)
     except RuntimeError as exc:  # torch.distributed.DistError and gloo/nccl errors
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         raise DistributedError(
-            f"{op.__name__} failed: another worker died, hung past the timeout "
+            f"{fn.__name__} failed: another worker died, hung past the timeout "
             f"or cannot be reached ({lines[0][:160]})") from exc
 
 
