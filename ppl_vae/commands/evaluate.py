@@ -83,7 +83,7 @@ def _check_args(args) -> None:
 
 def _options(args) -> dict:
     options = dict(batch_size=args.batch_size, particle_chunk=args.particle_chunk,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, seed=args.seed)
     if args.estimator == "ais":
         options.update(num_steps=args.anneal_steps, num_leapfrog=args.leapfrog,
                        step_size=args.step_size, init=args.init, schedule=args.schedule)
@@ -91,7 +91,6 @@ def _options(args) -> dict:
 
 
 def run(args) -> int:
-    import pyro
     import torch
 
     from ppl_vae.marginal import estimate_log_likelihood
@@ -106,7 +105,6 @@ def run(args) -> int:
     x = r.split(args.split)
     if args.limit is not None:
         x = x[: args.limit]
-    pyro.set_rng_seed(args.seed)
     with torch.no_grad():
         result = estimate_log_likelihood(r.model, r.guide, x.to(device), args.estimator,
                                          args.samples, **_options(args))
