@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ppl_vae.errors import ConfigError, DataError
 
-__all__ = ["Likelihood", "BernoulliLikelihood", "GaussianLikelihood", "make_likelihood", "LIKELIHOODS"]
+__all__ = ["Likelihood", "BernoulliLikelihood", "LogitBernoulli", "GaussianLikelihood", "make_likelihood", "LIKELIHOODS"]
 
 
 class Likelihood:
@@ -43,13 +43,28 @@ class Likelihood:
         return {"name": self.name}
 
 
+class LogitBernoulli(dist.Bernoulli):
+    """``Bernoulli(logits=l)`` whose ``log_prob`` is ``logsigmoid((2x - 1) l)``: equal to the
+    usual ``-binary_cross_entropy_with_logits(l, x)`` on the support {0, 1}, in two passes over
+    the (samples x points x pixels) tensor instead of five — the likelihood is a third of the
+    work of evaluating log p(x) by importance sampling. Off the support (grey values, only
+    possible with validation off) it falls back to the cross-entropy x l - softplus(l)."""
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        if value.is_floating_point() and not bool(((value == 0) | (value == 1)).all()):
+            return value * self.logits - F.softplus(self.logits)
+        return F.logsigmoid(self.logits * (2 * value - 1))
+
+
 class BernoulliLikelihood(Likelihood):
     name = "bernoulli"
     num_params = 1
     binary = True
 
     def __call__(self, out):
-        return dist.Bernoulli(logits=out).to_event(1)
+        return LogitBernoulli(logits=out).to_event(1)
 
     def mean(self, out):
         return torch.sigmoid(out)

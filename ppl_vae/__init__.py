@@ -4,84 +4,55 @@ The generative model p(z) p(x|z) is a Pyro model, the encoder q(z|x) a Pyro guid
 gradient estimators and marginal-likelihood estimators work on any such pair.
 
 ppl_vae leaves Pyro's global settings alone: our models are ordinary ``PyroModule`` s, so Pyro's
-stock ``pyro.infer.SVI`` trains them too; :class:`ppl_vae.SVI` optimizes each module's own
+stock ``pyro.infer.SVI`` trains them too; :class:`ppl_vae.SVI` optimizes each model's own
 parameters, so several models in one process never share weights through the param store.
+
+The names below are imported on first use (PEP 562), so ``import ppl_vae`` and ``ppl-vae
+--help`` do not pay for torch, Pyro, pandas or matplotlib until something needs them.
 """
 
-from . import guides, models  # noqa: E402
-from .errors import (  # noqa: E402
-    CheckpointError,
-    ConfigError,
-    DataError,
-    PplVaeError,
-    TrainingDivergedError,
-)
-from .objectives import (  # noqa: E402
-    Objective,
-    available_objectives,
-    can_infer_discrete,
-    comparison_objectives,
-    make_objective,
-    register_objective,
-)
-from .plates import data_plate  # noqa: E402
-from .svi import SVI  # noqa: E402
-from .config import TrainConfig  # noqa: E402
-from .data import Dataset, load_dataset  # noqa: E402
-from .builders import build_model_and_guide, register_model_family  # noqa: E402
-from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from .training import TrainResult, estimate_elbo, train  # noqa: E402
-from .runs import Run, load_run  # noqa: E402
-from .generate import encode, impute, interpolate, reconstruct, sample_images  # noqa: E402
-from .handlers import ScaleLatents  # noqa: E402
-from .active_units import ActiveUnits, report_active_units  # noqa: E402
-from .marginal import (  # noqa: E402
-    MarginalLikelihoodResult,
-    annealed_importance_sampling,
-    importance_sampling,
-    naive_monte_carlo,
-)
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "DataError",
-    "Objective",
-    "PplVaeError",
-    "SVI",
-    "TrainingDivergedError",
-    "available_objectives",
-    "can_infer_discrete",
-    "comparison_objectives",
-    "data_plate",
-    "TrainConfig",
-    "Dataset",
-    "load_dataset",
-    "build_model_and_guide",
-    "register_model_family",
-    "load_checkpoint",
-    "save_checkpoint",
-    "TrainResult",
-    "estimate_elbo",
-    "train",
-    "Run",
-    "load_run",
-    "encode",
-    "impute",
-    "interpolate",
-    "reconstruct",
-    "sample_images",
-    "ScaleLatents",
-    "ActiveUnits",
-    "report_active_units",
-    "MarginalLikelihoodResult",
-    "naive_monte_carlo",
-    "importance_sampling",
-    "annealed_importance_sampling",
-    "guides",
-    "make_objective",
-    "models",
-    "register_objective",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "CheckpointError": "errors", "ConfigError": "errors", "DataError": "errors",
+    "PplVaeError": "errors", "TrainingDivergedError": "errors",
+    "Objective": "objectives", "available_objectives": "objectives",
+    "can_infer_discrete": "objectives", "comparison_objectives": "objectives",
+    "make_objective": "objectives", "register_objective": "objectives",
+    "data_plate": "plates", "SVI": "svi", "TrainConfig": "config",
+    "Dataset": "data", "load_dataset": "data",
+    "build_model_and_guide": "builders", "register_model_family": "builders",
+    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "TrainResult": "training", "estimate_elbo": "training", "train": "training",
+    "Run": "runs", "load_run": "runs",
+    "encode": "generate", "impute": "generate", "interpolate": "generate",
+    "reconstruct": "generate", "sample_images": "generate",
+    "ScaleLatents": "handlers", "ActiveUnits": "active_units",
+    "report_active_units": "active_units",
+    "MarginalLikelihoodResult": "marginal", "annealed_importance_sampling": "marginal",
+    "estimate_log_likelihood": "marginal", "importance_sampling": "marginal",
+    "naive_monte_carlo": "marginal",
+}
+_SUBMODULES = ("guides", "models", "marginal", "infer", "objectives")
+
+__all__ = sorted([*_EXPORTS, "guides", "models"])
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'ppl_vae' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS, *_SUBMODULES])

@@ -15,7 +15,10 @@ __all__ = ["main", "build_parser"]
 COMMANDS = ("train", "sample", "grad_variance", "compare_estimators", "evaluate")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only`` set to a command's name, the other subcommands get their name
+    and help line but not their arguments (whose defaults may need torch: ``ppl-vae --help``
+    and each command's start stay fast)."""
     parser = argparse.ArgumentParser(
         prog="ppl-vae", description="Variational autoencoders as Pyro model/guide pairs."
     )
@@ -23,14 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     for mod_name in COMMANDS:
         mod = importlib.import_module(f"ppl_vae.commands.{mod_name}")
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
-        mod.add_arguments(p)
+        if only is None or only == mod.NAME:
+            mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    command = next((a for a in argv if not a.startswith("-")), "")
+    parser = build_parser(only=command)
     args = parser.parse_args(argv)
     try:
         if hasattr(args, "nproc"):  # a command that runs distributed (torchrun or --nproc N)

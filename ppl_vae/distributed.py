@@ -201,33 +201,16 @@ def my_items(items) -> list:
 # ------------------------------------------------------------------------------------------
 # sharded evaluation
 # ------------------------------------------------------------------------------------------
-def _per_point_seeding() -> bool:
-    import inspect
-
-    from .marginal import importance_sampling
-
-    return "index_offset" in inspect.signature(importance_sampling).parameters
-
-
 def estimate_log_likelihood(model, guide, x, estimator: str, num_samples: int, *, seed: int,
                             align: int = 1, **options):
     """:func:`ppl_vae.marginal.estimate_log_likelihood` on this rank's contiguous shard of
-    ``x`` (boundaries at multiples of ``align``, e.g. the chunk size, so that every chunk has
-    the same shape whatever the number of ranks), with point i's randomness drawn from
-    (``seed``, i); returns the result for all of ``x``, gathered in index order, on every rank.
-    The per-point values do not depend on the number of ranks."""
+    ``x`` (boundaries at multiples of ``align``, e.g. the chunk size), with point i's randomness
+    drawn from (``seed``, i) (``index_offset`` = the shard's start); returns the result for all
+    of ``x``, gathered in index order, on every rank. The per-point values do not depend on the
+    number of ranks."""
     from .marginal import estimate_log_likelihood as estimate
     from .marginal.result import concat_results
 
-    if not _per_point_seeding():  # until ppl_vae.marginal takes seed / index_offset
-        if world_size() > 1:
-            raise ConfigError("evaluation on several workers needs per-point random streams "
-                              "(seed, index_offset) in ppl_vae.marginal, which this version "
-                              "lacks")
-        import pyro
-
-        pyro.set_rng_seed(seed)
-        return estimate(model, guide, x, estimator, num_samples, **options)
     start, stop = shard_bounds(int(x.shape[0]), align=max(1, int(align)))
     part = None
     if stop > start:

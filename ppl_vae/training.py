@@ -30,8 +30,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import pyro
 import torch
 from pyro.infer import Trace_ELBO
@@ -46,6 +46,9 @@ from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .handlers import ScaleLatents
 from .objectives import make_objective
 from .svi import SVI
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["train", "TrainResult", "build_objective", "estimate_elbo", "CHECKPOINT_NAME"]
 
@@ -92,7 +95,9 @@ def estimate_elbo(model, guide, x, batch_size: int = 1000, seed: int = 0) -> flo
     return total / x.shape[0]
 
 
-def _write_metrics(rows: list[dict], path: Path) -> pd.DataFrame:
+def _write_metrics(rows: list[dict], path: Path):
+    import pandas as pd
+
     df = pd.DataFrame(rows, columns=["epoch", "train_elbo", "valid_elbo", "seconds"])
     atomic_write_bytes(path, df.to_csv(index=False).encode())
     return df
@@ -372,9 +377,13 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
         if in_main:
             signal.signal(signal.SIGTERM, old_term)
 
-    df = pd.DataFrame(metrics, columns=["epoch", "train_elbo", "valid_elbo", "seconds"])
     if run_dir is not None and main:
-        _write_metrics(metrics, run_dir / METRICS_NAME)
+        df = _write_metrics(metrics, run_dir / METRICS_NAME)
+    else:
+        import pandas as pd
+
+        df = pd.DataFrame(metrics, columns=["epoch", "train_elbo", "valid_elbo", "seconds"])
+    if run_dir is not None and main:
         if plots:
             _plots(loop.model, loop.guide, dataset, run_dir, config.seed)
     return TrainResult(loop.model, loop.guide, config, df, dataset, run_dir)

@@ -162,8 +162,6 @@ def trained_run(tmp_path_factory):
 
 
 def test_evaluate_per_point_is_identical_on_two_workers(trained_run, tmp_path, capsys):
-    if not distributed._per_point_seeding():
-        pytest.skip("ppl_vae.marginal has no per-point seeding (seed, index_offset) yet")
     args = ["evaluate", "--run", str(trained_run), "--estimator", "is", "--samples", "20",
             "--limit", "30", "--batch-size", "4", "--no-progress", "--json", "--per-point"]
     assert main([*args, str(tmp_path / "one.csv")]) == 0

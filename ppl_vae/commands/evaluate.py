@@ -94,7 +94,7 @@ def _options(args) -> dict:
     from ppl_vae.distributed import is_main
 
     options = dict(batch_size=args.batch_size, particle_chunk=args.particle_chunk,
-                   progress=not args.no_progress and is_main())
+                   progress=not args.no_progress and is_main(), seed=args.seed)
     if args.estimator == "ais":
         options.update(num_steps=args.anneal_steps, num_leapfrog=args.leapfrog,
                        step_size=args.step_size, init=args.init, schedule=args.schedule)
@@ -132,7 +132,7 @@ def run(args) -> int:
         x = x[: args.limit]
     with torch.no_grad():
         result = distributed.estimate_log_likelihood(
-            r.model, r.guide, x.to(device), args.estimator, args.samples, seed=args.seed,
+            r.model, r.guide, x.to(device), args.estimator, args.samples,
             align=args.batch_size or 1, **_options(args))
     if not distributed.is_main():
         return 0

@@ -52,6 +52,13 @@ the data plate (one latent set per data point): a global latent makes log p(x_n)
 Each site's ``log_prob`` includes the site's scale and mask (Pyro semantics), so call the model
 without minibatch rescaling (no ``num_data``).
 
+Random streams: by default the samples come from the global RNG (``pyro.set_rng_seed``). With
+``seed=S`` each point's samples are a function of (S, its global index ``index_offset + i``, K)
+alone: the points are processed in blocks of consecutive global indices, each block seeded from
+(S, block) and padded at the ends of ``x`` (:func:`~ppl_vae.marginal.common.run_weights`), so a
+point's estimate is the same whatever the batch size and however the points are split across
+workers (``ppl-vae evaluate`` always passes ``--seed``). AIS with a seed runs one point at a time.
+
 Memory and precision: the work is split into chunks of ``batch_size`` data points times
 ``particle_chunk`` samples, so peak memory depends on the chunk sizes, not on N or K; the
 defaults keep each chunk near 2**25 floats per tensor for importance sampling (2**22 for AIS,

@@ -26,10 +26,12 @@ from .common import (
     default_chunks,
     optional_positive_int,
     per_point,
+    kept_rng_state,
+    point_seed,
+    seed_streams,
     positive_int,
     probe,
     progress_bar,
-    release_free_memory,
     sample_sites,
     sum_log_prob,
     weight_stats,
@@ -295,6 +297,8 @@ def annealed_importance_sampling(
     data_dim: int = -1,
     progress: bool = False,
     return_log_weights: bool = False,
+    seed: int | None = None,
+    index_offset: int = 0,
 ) -> MarginalLikelihoodResult:
     r"""Annealed importance sampling (Neal 2001) with HMC, per data point; ``num_samples`` chains.
 
@@ -327,6 +331,9 @@ def annealed_importance_sampling(
     ``log_weight_var`` is the variance of the log weights across chains; ``info`` has the mean
     acceptance rate and final step size per point. Chunking over points (``batch_size``) and
     chains (``particle_chunk``; chunks adapt their step sizes separately) bounds memory.
+    With a ``seed``, each point runs alone with the torch RNG seeded from (seed, index_offset +
+    its index, chain chunk): per-point results independent of ``batch_size`` and of how the
+    points are split across workers (slower: no batching across points).
     """
     t0 = time.perf_counter()
     c, t_steps, num_leapfrog, batch_size, particle_chunk = _check_options(
@@ -342,17 +349,20 @@ def annealed_importance_sampling(
     sites = _latent_transforms(layout)
     n = x.shape[0]
     batch_size, particle_chunk = default_chunks(
-        c, batch_size, particle_chunk, layout.num_dims, n, AIS_ELEMENT_BUDGET
-    )
+        c, 1 if seed is not None else batch_size, particle_chunk, layout.num_dims, n,
+        AIS_ELEMENT_BUDGET)
     n_chunks = math.ceil(n / batch_size) * math.ceil(c / particle_chunk)
     stats, kept, acc_rates, step_sizes = [], ([] if return_log_weights else None), [], []
-    with progress_bar(progress, n_chunks * t_steps, "ais", "step") as bar:
+    with progress_bar(progress, n_chunks * t_steps, "ais", "step") as bar, \
+            kept_rng_state(x.device):
         for b0, b1 in chunk_ranges(n, batch_size):
             xb = x[b0:b1]
             lw = torch.empty(b1 - b0, c, dtype=torch.float64)
             acc_sum = torch.zeros(b1 - b0, dtype=torch.float64)
             eps_sum = torch.zeros(b1 - b0, dtype=torch.float64)
-            for k0, k1 in chunk_ranges(c, particle_chunk):
+            for block, (k0, k1) in enumerate(chunk_ranges(c, particle_chunk)):
+                if seed is not None:
+                    seed_streams(point_seed(seed, index_offset + b0, block), x.device)
                 target = _AnnealedTarget(model, guide, xb, k1 - k0, layout, sites, init)
                 adapt = (float(target_accept), min_step_size, max_step_size) \
                     if adapt_step_size else None
@@ -366,7 +376,6 @@ def annealed_importance_sampling(
             step_sizes.append(eps_sum)
             if kept is not None:
                 kept.append(lw)
-            release_free_memory()
     info = {
         "num_steps": t_steps,
         "num_leapfrog": num_leapfrog,

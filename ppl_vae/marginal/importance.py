@@ -40,6 +40,8 @@ def naive_monte_carlo(
     data_dim: int = -1,
     progress: bool = False,
     return_log_weights: bool = False,
+    seed: int | None = None,
+    index_offset: int = 0,
 ) -> MarginalLikelihoodResult:
     r"""Naive Monte Carlo: z_k ~ p(z), log p̂(x) = log (1/K) Σ_k p(x | z_k), per data point.
 
@@ -48,7 +50,9 @@ def naive_monte_carlo(
     posterior much narrower than the prior (many observed dimensions) a feasible K finds no
     sample where p(x|z) is large: the estimate is useless in e.g. 784 dimensions, which k̂ > 0.7
     and an ESS near 1 reveal. See the module docstring for the model conventions, chunking
-    (``batch_size`` data points x ``particle_chunk`` samples) and diagnostics.
+    (``batch_size`` data points x ``particle_chunk`` samples) and diagnostics. With a ``seed``,
+    point i's samples depend only on (seed, ``index_offset`` + i): see
+    :func:`~ppl_vae.marginal.common.run_weights`.
     """
     t0 = time.perf_counter()
     k = positive_int(num_samples, "num_samples")
@@ -66,7 +70,7 @@ def naive_monte_carlo(
         return sum_log_prob(mtr, observed, layout, (kc, xb.shape[0]))
 
     return run_weights("naive", log_weights, x, k, batch_size, particle_chunk, layout, progress,
-                        return_log_weights, t0)
+                       return_log_weights, t0, seed, index_offset)
 
 
 @torch.no_grad()
@@ -82,6 +86,8 @@ def importance_sampling(
     data_dim: int = -1,
     progress: bool = False,
     return_log_weights: bool = False,
+    seed: int | None = None,
+    index_offset: int = 0,
 ) -> MarginalLikelihoodResult:
     r"""Importance sampling with the guide as proposal: the IWAE bound L_K, per data point.
 
@@ -90,6 +96,8 @@ def importance_sampling(
     ELBO, and ``log_weight_mean`` is the K-sample estimate of the ELBO. log p(x, z) sums the
     model's sample sites (latent and observed) replayed on the guide's samples; log q(z|x) sums
     the guide's latent sites. See the module docstring for conventions, chunking and diagnostics.
+    With a ``seed``, point i's samples depend only on (seed, ``index_offset`` + i): see
+    :func:`~ppl_vae.marginal.common.run_weights`.
     """
     t0 = time.perf_counter()
     k = positive_int(num_samples, "num_samples")
@@ -114,6 +122,6 @@ def importance_sampling(
         return log_p - sum_log_prob(gtr, g_latent, layout, shape)
 
     return run_weights("is", log_weights, x, k, batch_size, particle_chunk, layout, progress,
-                        return_log_weights, t0)
+                       return_log_weights, t0, seed, index_offset)
 
 
