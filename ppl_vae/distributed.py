@@ -33,9 +33,10 @@ import torch.distributed as dist
 from .errors import ConfigError, DistributedError, PplVaeError
 
 __all__ = [
-    "GradientSync", "add_arguments", "barrier", "broadcast_modules", "from_rank0", "gather",
-    "is_main", "launch", "launched_by_torchrun", "my_items", "process_group", "rank",
-    "run_command", "shard_bounds", "world_size",
+    "GradientSync", "add_arguments", "barrier", "broadcast_modules", "collective",
+    "estimate_log_likelihood", "failure_test_hook", "from_rank0", "gather", "is_main", "launch",
+    "launched_by_torchrun", "my_items", "process_group", "rank", "run_command", "shard_bounds",
+    "sync_averages", "world_size",
 ]
 
 TIMEOUT_ENV = "PPL_VAE_DIST_TIMEOUT"
