@@ -24,6 +24,7 @@ import datetime
 import logging
 import os
 import sys
+import time
 import uuid
 from contextlib import contextmanager
 
@@ -119,20 +120,26 @@ def barrier() -> None:
         collective(dist.barrier)
 
 
-KILL_RANK_ENV = "PPL_VAE_TEST_KILL_RANK"  # tests only: this rank dies ...
+KILL_RANK_ENV = "PPL_VAE_TEST_KILL_RANK"  # tests only: this rank dies (or hangs) ...
 KILL_EPOCH_ENV = "PPL_VAE_TEST_KILL_EPOCH"  # ... at the start of this epoch (default 2)
+KILL_MODE_ENV = "PPL_VAE_TEST_KILL_MODE"  # "exit" (default) or "hang"
 
 
 def failure_test_hook(epoch: int) -> None:
     """For the failure tests only, and only when ``$PPL_VAE_TEST_KILL_RANK`` is set: that
-    rank exits abruptly (``os._exit(1)``, no clean-up) at the start of epoch
-    ``$PPL_VAE_TEST_KILL_EPOCH`` (1-based, default 2), as a crashed worker would."""
+    rank exits abruptly (``os._exit(1)``, no clean-up; or, with ``$PPL_VAE_TEST_KILL_MODE`` =
+    ``hang``, stops responding) at the start of epoch ``$PPL_VAE_TEST_KILL_EPOCH`` (1-based,
+    default 2), as a crashed or stuck worker would."""
     victim = os.environ.get(KILL_RANK_ENV)
-    if victim is not None and world_size() > 1 and int(victim) == rank() \
-            and epoch == int(os.environ.get(KILL_EPOCH_ENV, 2)):
-        sys.stderr.write(f"rank {rank()}: ${KILL_RANK_ENV} set, dying at epoch {epoch}\n")
-        sys.stderr.flush()
-        os._exit(1)
+    if victim is None or world_size() == 1 or int(victim) != rank() \
+            or epoch != int(os.environ.get(KILL_EPOCH_ENV, 2)):
+        return
+    mode = os.environ.get(KILL_MODE_ENV, "exit")
+    sys.stderr.write(f"rank {rank()}: ${KILL_RANK_ENV} set, {mode} at epoch {epoch}\n")
+    sys.stderr.flush()
+    if mode == "hang":
+        time.sleep(10**6)
+    os._exit(1)
 
 
 # ------------------------------------------------------------------------------------------

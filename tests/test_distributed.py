@@ -224,3 +224,17 @@ def test_two_node_form_on_one_machine(tmp_path):
     results = [p.communicate(timeout=300) for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
     assert load_run(out).checkpoint["epochs_done"] == 1
+
+
+@pytest.mark.slow  # waits out the process-group timeout
+def test_hung_rank_is_given_up_after_the_timeout(tmp_path):
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    r = _run(["-m", "ppl_vae", "train", *TINY, "--epochs", "3", "--out", str(out), "--nproc",
+              "2", "--dist-timeout", "10"], timeout=300, PPL_VAE_TEST_KILL_RANK="1",
+             PPL_VAE_TEST_KILL_MODE="hang")
+    assert r.returncode != 0, r.stderr[-3000:]
+    assert time.perf_counter() - t0 < 300
+    assert "ppl-vae train: error: [rank 0] all_reduce failed" in r.stderr, r.stderr[-3000:]
+    assert "ppl-vae train: error: worker rank 0 failed (exit code 1)" in r.stderr
+    assert load_checkpoint(out)["epochs_done"] == 1
