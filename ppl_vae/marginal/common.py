@@ -114,65 +114,36 @@ class Layout:
         return -(self.max_plate_nesting + 1)
 
 
-def probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> Layout:
-    """Trace model (and guide) on one or two data points; raise clear errors for bad input."""
-    n_probe = min(2, x.shape[0])
-    xp = x[:n_probe]
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leaves the RNG streams alone
-        mtr = run_probe(model, xp, "model")
-        gtr = run_probe(guide, xp, "guide") if use_guide else None
-    observed = observed_names(mtr)
-    latent = latent_names(mtr)
-    if not observed:
+def _check_guide_latents(mtr, gtr, latent) -> None:
+    """The guide must have exactly the model's latent sites, with the same shapes."""
+    g_latent = latent_names(gtr)
+    if set(g_latent) != set(latent):
+        missing = sorted(set(latent) - set(g_latent))
+        extra = sorted(set(g_latent) - set(latent))
         raise ConfigError(
-            "the model has no observed sample site: it must observe the data, e.g. "
-            "pyro.sample('x', dist, obs=x)"
-        )
-    if not latent:
-        raise ConfigError("the model has no latent sample site; log p(x) needs no estimator")
-    if gtr is not None:
-        g_latent = latent_names(gtr)
-        if set(g_latent) != set(latent):
-            missing = sorted(set(latent) - set(g_latent))
-            extra = sorted(set(g_latent) - set(latent))
-            raise ConfigError(
-                "the guide's latent sites differ from the model's: "
-                + "; ".join(
-                    s
-                    for s in (
-                        f"missing from the guide: {missing}" if missing else "",
-                        f"not in the model: {extra}" if extra else "",
-                    )
-                    if s
+            "the guide's latent sites differ from the model's: "
+            + "; ".join(
+                s
+                for s in (
+                    f"missing from the guide: {missing}" if missing else "",
+                    f"not in the model: {extra}" if extra else "",
                 )
+                if s
             )
-        for name in latent:
-            ms, gs = mtr.nodes[name]["value"].shape, gtr.nodes[name]["value"].shape
-            if ms != gs:
-                raise ConfigError(
-                    f"latent site {name!r} has shape {tuple(gs)} in the guide but "
-                    f"{tuple(ms)} in the model"
-                )
-
-    guessed = max(1, plate_nesting(mtr), plate_nesting(gtr) if gtr is not None else 0)
-    if max_plate_nesting is None:
-        max_plate_nesting = guessed
-    else:
-        max_plate_nesting = positive_int(max_plate_nesting, "max_plate_nesting")
-        if max_plate_nesting < guessed:
-            raise ConfigError(
-                f"max_plate_nesting={max_plate_nesting} but the model/guide nest plates "
-                f"{guessed} deep"
-            )
-    if isinstance(data_dim, bool) or not isinstance(data_dim, int) or not (
-        -max_plate_nesting <= data_dim <= -1
-    ):
-        raise ConfigError(
-            f"data_dim must be a negative plate dimension in [-{max_plate_nesting}, -1], "
-            f"got {data_dim!r}"
         )
+    for name in latent:
+        ms, gs = mtr.nodes[name]["value"].shape, gtr.nodes[name]["value"].shape
+        if ms != gs:
+            raise ConfigError(
+                f"latent site {name!r} has shape {tuple(gs)} in the guide but "
+                f"{tuple(ms)} in the model"
+            )
 
-    # every latent and observed site must sit in the data plate, whose size is the data size
+
+def _check_data_plate(mtr, gtr, latent, observed, data_dim, xp) -> None:
+    """Every latent and observed site must sit in the data plate, whose size is the number of
+    data points."""
+    n_probe = xp.shape[0]
     sites = [(mtr, name, "model") for name in latent + observed]
     if gtr is not None:
         sites += [(gtr, name, "guide") for name in latent]
@@ -191,6 +162,45 @@ def probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> L
                 f"{frames[0].size} for x of shape {tuple(xp.shape)}: the data points must run "
                 "along the first dimension of x"
             )
+
+
+def probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> Layout:
+    """Trace model (and guide) on one or two data points; raise clear errors for bad input."""
+    n_probe = min(2, x.shape[0])
+    xp = x[:n_probe]
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leaves the RNG streams alone
+        mtr = run_probe(model, xp, "model")
+        gtr = run_probe(guide, xp, "guide") if use_guide else None
+    observed = observed_names(mtr)
+    latent = latent_names(mtr)
+    if not observed:
+        raise ConfigError(
+            "the model has no observed sample site: it must observe the data, e.g. "
+            "pyro.sample('x', dist, obs=x)"
+        )
+    if not latent:
+        raise ConfigError("the model has no latent sample site; log p(x) needs no estimator")
+    if gtr is not None:
+        _check_guide_latents(mtr, gtr, latent)
+    guessed = max(1, plate_nesting(mtr), plate_nesting(gtr) if gtr is not None else 0)
+    if max_plate_nesting is None:
+        max_plate_nesting = guessed
+    else:
+        max_plate_nesting = positive_int(max_plate_nesting, "max_plate_nesting")
+        if max_plate_nesting < guessed:
+            raise ConfigError(
+                f"max_plate_nesting={max_plate_nesting} but the model/guide nest plates "
+                f"{guessed} deep"
+            )
+    if isinstance(data_dim, bool) or not isinstance(data_dim, int) or not (
+        -max_plate_nesting <= data_dim <= -1
+    ):
+        raise ConfigError(
+            f"data_dim must be a negative plate dimension in [-{max_plate_nesting}, -1], "
+            f"got {data_dim!r}"
+        )
+
+    _check_data_plate(mtr, gtr, latent, observed, data_dim, xp)
     supports = {name: mtr.nodes[name]["fn"].support for name in latent}
     return Layout(
         tuple(latent), tuple(observed), max_plate_nesting, data_dim, supports,
