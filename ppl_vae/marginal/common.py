@@ -352,8 +352,19 @@ def _batched_weights(log_weight_fn, x, k, batch_size, particle_chunk, bar, on_ro
 
 def point_block(num_particles: int) -> int:
     """Data points per block of the seeded path: enough rows (points x samples) per call to
-    amortize the per-call cost, at most 256 points."""
-    return min(256, max(1, ROWS_PER_CALL // num_particles))
+    amortize the per-call cost, at most 64 points (a block running past the end of the data is
+    padded, so small evaluations should not pay for large blocks)."""
+    return min(64, max(1, ROWS_PER_CALL // num_particles))
+
+
+def point_blocks(n: int, index_offset: int, b: int):
+    """``(block, local_indices, keep)`` for the blocks of ``b`` consecutive global indices that
+    cover points ``index_offset .. index_offset + n - 1``: positions outside ``x`` point at the
+    nearest point (padding) and have ``keep`` False."""
+    for j in range(index_offset // b, (index_offset + n - 1) // b + 1):
+        glob = torch.arange(j * b, (j + 1) * b)
+        keep = (glob >= index_offset) & (glob < index_offset + n)
+        yield j, (glob - index_offset).clamp(0, n - 1), keep
 
 
 def _seeded_weights(log_weight_fn, x, k, particle_chunk, seed, index_offset, bar, on_rows):
@@ -365,22 +376,21 @@ def _seeded_weights(log_weight_fn, x, k, particle_chunk, seed, index_offset, bar
     shards of several workers), as long as sampling a site draws a fixed number of random
     numbers per element (reparameterized location-scale families, Bernoulli, ...)."""
     n, b = x.shape[0], point_block(particle_chunk)
-    first, last = index_offset // b, (index_offset + n - 1) // b
     group = max(1, STATS_BUDGET // (k * b))  # blocks whose weights are reduced together
+    rows = []
     with kept_rng_state(x.device):
-        for g0 in range(first, last + 1, group):
-            rows = []
-            for j in range(g0, min(last + 1, g0 + group)):
-                glob = torch.arange(j * b, (j + 1) * b)
-                local = (glob - index_offset).clamp(0, n - 1)
-                keep = (glob >= index_offset) & (glob < index_offset + n)
-                lw = torch.empty(b, k, dtype=torch.float64)
-                for block, (k0, k1) in enumerate(chunk_ranges(k, particle_chunk)):
-                    seed_streams(point_seed(seed, j, block), x.device)
-                    lw[:, k0:k1] = log_weight_fn(x[local.to(x.device)], k1 - k0).to(
-                        "cpu", torch.float64).T
-                rows.append(lw[keep])
-                bar.update(int(keep.sum()) * k)
+        for j, local, keep in point_blocks(n, index_offset, b):
+            lw = torch.empty(b, k, dtype=torch.float64)
+            for block, (k0, k1) in enumerate(chunk_ranges(k, particle_chunk)):
+                seed_streams(point_seed(seed, j, block), x.device)
+                lw[:, k0:k1] = log_weight_fn(x[local.to(x.device)], k1 - k0).to(
+                    "cpu", torch.float64).T
+            rows.append(lw[keep])
+            bar.update(int(keep.sum()) * k)
+            if len(rows) == group:
+                on_rows(torch.cat(rows))
+                rows = []
+        if rows:
             on_rows(torch.cat(rows))
 
 
