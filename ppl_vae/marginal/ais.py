@@ -27,6 +27,8 @@ from .common import (
     optional_positive_int,
     per_point,
     kept_rng_state,
+    point_block,
+    point_blocks,
     point_seed,
     seed_streams,
     positive_int,
@@ -245,10 +247,22 @@ def _check_options(guide, num_samples, num_steps, init, schedule, num_leapfrog, 
             optional_positive_int(particle_chunk, "particle_chunk"))
 
 
-def _anneal(target, sites, layout, betas, step_size, num_leapfrog, adapt, bar):
+def _ais_blocks(n, batch_size, particle_chunk, seed, index_offset):
+    """Chunks of points: plain chunks of ``batch_size``, or with a seed the padded blocks of
+    global indices of :func:`~ppl_vae.marginal.common.point_blocks` (per-point results
+    independent of the chunking and of the split across workers)."""
+    if seed is not None:
+        yield from point_blocks(n, index_offset, point_block(particle_chunk))
+        return
+    for b0, b1 in chunk_ranges(n, batch_size):
+        yield None, torch.arange(b0, b1), torch.ones(b1 - b0, dtype=torch.bool)
+
+
+def _anneal(target, sites, layout, betas, step_size, num_leapfrog, adapt, bar, points):
     """Run one chunk of chains along the path; ``(log weights (chains, points), summed
     acceptance per point, final step sizes)``. ``adapt``: ``None`` or ``(target_accept, lo,
-    hi)`` for the step-size adaptation of Wu et al. (2017); ``bar`` ticks once per step."""
+    hi)`` for the step-size adaptation of Wu et al. (2017); ``bar`` counts (point, chain,
+    step) triples, ``points`` of them per chain and step."""
     t_steps = betas.numel() - 1
     u = target.initial()
     state = (u, *target(u))
@@ -271,7 +285,7 @@ def _anneal(target, sites, layout, betas, step_size, num_leapfrog, adapt, bar):
                 avg_acc = 0.9 * avg_acc + 0.1 * acc_point
                 eps = torch.where(avg_acc > adapt[0], eps * 1.02, eps * 0.98)
                 eps = eps.clamp(float(adapt[1]), float(adapt[2]))
-        bar.update(1)
+        bar.update(points * target.shape[0])
     return logw, acc_total, eps
 
 
@@ -331,9 +345,9 @@ def annealed_importance_sampling(
     ``log_weight_var`` is the variance of the log weights across chains; ``info`` has the mean
     acceptance rate and final step size per point. Chunking over points (``batch_size``) and
     chains (``particle_chunk``; chunks adapt their step sizes separately) bounds memory.
-    With a ``seed``, each point runs alone with the torch RNG seeded from (seed, index_offset +
-    its index, chain chunk): per-point results independent of ``batch_size`` and of how the
-    points are split across workers (slower: no batching across points).
+    With a ``seed``, the points run in padded blocks of consecutive global indices, each seeded
+    from (seed, block, chain chunk) (:func:`~ppl_vae.marginal.common.point_blocks`): per-point
+    results independent of ``batch_size`` and of how the points are split across workers.
     """
     t0 = time.perf_counter()
     c, t_steps, num_leapfrog, batch_size, particle_chunk = _check_options(
@@ -348,34 +362,33 @@ def annealed_importance_sampling(
     t_steps = betas.numel() - 1
     sites = _latent_transforms(layout)
     n = x.shape[0]
-    batch_size, particle_chunk = default_chunks(
-        c, 1 if seed is not None else batch_size, particle_chunk, layout.num_dims, n,
-        AIS_ELEMENT_BUDGET)
-    n_chunks = math.ceil(n / batch_size) * math.ceil(c / particle_chunk)
+    batch_size, particle_chunk = default_chunks(c, batch_size, particle_chunk, layout.num_dims,
+                                                n, AIS_ELEMENT_BUDGET)
     stats, kept, acc_rates, step_sizes = [], ([] if return_log_weights else None), [], []
-    with progress_bar(progress, n_chunks * t_steps, "ais", "step") as bar, \
+    with progress_bar(progress, n * c * t_steps, "ais", "step") as bar, \
             kept_rng_state(x.device):
-        for b0, b1 in chunk_ranges(n, batch_size):
-            xb = x[b0:b1]
-            lw = torch.empty(b1 - b0, c, dtype=torch.float64)
-            acc_sum = torch.zeros(b1 - b0, dtype=torch.float64)
-            eps_sum = torch.zeros(b1 - b0, dtype=torch.float64)
+        for j, local, keep in _ais_blocks(n, batch_size, particle_chunk, seed, index_offset):
+            xb = x[local.to(x.device)]
+            lw = torch.empty(len(local), c, dtype=torch.float64)
+            acc_sum = torch.zeros(len(local), dtype=torch.float64)
+            eps_sum = torch.zeros(len(local), dtype=torch.float64)
             for block, (k0, k1) in enumerate(chunk_ranges(c, particle_chunk)):
                 if seed is not None:
-                    seed_streams(point_seed(seed, index_offset + b0, block), x.device)
+                    seed_streams(point_seed(seed, j, block), x.device)
                 target = _AnnealedTarget(model, guide, xb, k1 - k0, layout, sites, init)
                 adapt = (float(target_accept), min_step_size, max_step_size) \
                     if adapt_step_size else None
                 logw, acc_total, eps = _anneal(target, sites, layout, betas, step_size,
-                                               num_leapfrog, adapt, bar)
+                                               num_leapfrog, adapt, bar, int(keep.sum()))
                 lw[:, k0:k1] = logw.to("cpu").T
                 acc_sum += acc_total.cpu() / max(1, t_steps - 1) * (k1 - k0) / c
                 eps_sum += eps.double().cpu() * (k1 - k0) / c
-            stats.append(weight_stats(lw))
-            acc_rates.append(acc_sum if t_steps > 1 else torch.full_like(acc_sum, math.nan))
-            step_sizes.append(eps_sum)
+            stats.append(weight_stats(lw[keep]))
+            acc_rates.append(acc_sum[keep] if t_steps > 1
+                             else torch.full_like(acc_sum[keep], math.nan))
+            step_sizes.append(eps_sum[keep])
             if kept is not None:
-                kept.append(lw)
+                kept.append(lw[keep])
     info = {
         "num_steps": t_steps,
         "num_leapfrog": num_leapfrog,

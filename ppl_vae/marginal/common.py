@@ -114,65 +114,36 @@ class Layout:
         return -(self.max_plate_nesting + 1)
 
 
-def probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> Layout:
-    """Trace model (and guide) on one or two data points; raise clear errors for bad input."""
-    n_probe = min(2, x.shape[0])
-    xp = x[:n_probe]
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leaves the RNG streams alone
-        mtr = run_probe(model, xp, "model")
-        gtr = run_probe(guide, xp, "guide") if use_guide else None
-    observed = observed_names(mtr)
-    latent = latent_names(mtr)
-    if not observed:
+def _check_guide_latents(mtr, gtr, latent) -> None:
+    """The guide must have exactly the model's latent sites, with the same shapes."""
+    g_latent = latent_names(gtr)
+    if set(g_latent) != set(latent):
+        missing = sorted(set(latent) - set(g_latent))
+        extra = sorted(set(g_latent) - set(latent))
         raise ConfigError(
-            "the model has no observed sample site: it must observe the data, e.g. "
-            "pyro.sample('x', dist, obs=x)"
-        )
-    if not latent:
-        raise ConfigError("the model has no latent sample site; log p(x) needs no estimator")
-    if gtr is not None:
-        g_latent = latent_names(gtr)
-        if set(g_latent) != set(latent):
-            missing = sorted(set(latent) - set(g_latent))
-            extra = sorted(set(g_latent) - set(latent))
-            raise ConfigError(
-                "the guide's latent sites differ from the model's: "
-                + "; ".join(
-                    s
-                    for s in (
-                        f"missing from the guide: {missing}" if missing else "",
-                        f"not in the model: {extra}" if extra else "",
-                    )
-                    if s
+            "the guide's latent sites differ from the model's: "
+            + "; ".join(
+                s
+                for s in (
+                    f"missing from the guide: {missing}" if missing else "",
+                    f"not in the model: {extra}" if extra else "",
                 )
+                if s
             )
-        for name in latent:
-            ms, gs = mtr.nodes[name]["value"].shape, gtr.nodes[name]["value"].shape
-            if ms != gs:
-                raise ConfigError(
-                    f"latent site {name!r} has shape {tuple(gs)} in the guide but "
-                    f"{tuple(ms)} in the model"
-                )
-
-    guessed = max(1, plate_nesting(mtr), plate_nesting(gtr) if gtr is not None else 0)
-    if max_plate_nesting is None:
-        max_plate_nesting = guessed
-    else:
-        max_plate_nesting = positive_int(max_plate_nesting, "max_plate_nesting")
-        if max_plate_nesting < guessed:
-            raise ConfigError(
-                f"max_plate_nesting={max_plate_nesting} but the model/guide nest plates "
-                f"{guessed} deep"
-            )
-    if isinstance(data_dim, bool) or not isinstance(data_dim, int) or not (
-        -max_plate_nesting <= data_dim <= -1
-    ):
-        raise ConfigError(
-            f"data_dim must be a negative plate dimension in [-{max_plate_nesting}, -1], "
-            f"got {data_dim!r}"
         )
+    for name in latent:
+        ms, gs = mtr.nodes[name]["value"].shape, gtr.nodes[name]["value"].shape
+        if ms != gs:
+            raise ConfigError(
+                f"latent site {name!r} has shape {tuple(gs)} in the guide but "
+                f"{tuple(ms)} in the model"
+            )
 
-    # every latent and observed site must sit in the data plate, whose size is the data size
+
+def _check_data_plate(mtr, gtr, latent, observed, data_dim, xp) -> None:
+    """Every latent and observed site must sit in the data plate, whose size is the number of
+    data points."""
+    n_probe = xp.shape[0]
     sites = [(mtr, name, "model") for name in latent + observed]
     if gtr is not None:
         sites += [(gtr, name, "guide") for name in latent]
@@ -191,6 +162,45 @@ def probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> L
                 f"{frames[0].size} for x of shape {tuple(xp.shape)}: the data points must run "
                 "along the first dimension of x"
             )
+
+
+def probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> Layout:
+    """Trace model (and guide) on one or two data points; raise clear errors for bad input."""
+    n_probe = min(2, x.shape[0])
+    xp = x[:n_probe]
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leaves the RNG streams alone
+        mtr = run_probe(model, xp, "model")
+        gtr = run_probe(guide, xp, "guide") if use_guide else None
+    observed = observed_names(mtr)
+    latent = latent_names(mtr)
+    if not observed:
+        raise ConfigError(
+            "the model has no observed sample site: it must observe the data, e.g. "
+            "pyro.sample('x', dist, obs=x)"
+        )
+    if not latent:
+        raise ConfigError("the model has no latent sample site; log p(x) needs no estimator")
+    if gtr is not None:
+        _check_guide_latents(mtr, gtr, latent)
+    guessed = max(1, plate_nesting(mtr), plate_nesting(gtr) if gtr is not None else 0)
+    if max_plate_nesting is None:
+        max_plate_nesting = guessed
+    else:
+        max_plate_nesting = positive_int(max_plate_nesting, "max_plate_nesting")
+        if max_plate_nesting < guessed:
+            raise ConfigError(
+                f"max_plate_nesting={max_plate_nesting} but the model/guide nest plates "
+                f"{guessed} deep"
+            )
+    if isinstance(data_dim, bool) or not isinstance(data_dim, int) or not (
+        -max_plate_nesting <= data_dim <= -1
+    ):
+        raise ConfigError(
+            f"data_dim must be a negative plate dimension in [-{max_plate_nesting}, -1], "
+            f"got {data_dim!r}"
+        )
+
+    _check_data_plate(mtr, gtr, latent, observed, data_dim, xp)
     supports = {name: mtr.nodes[name]["fn"].support for name in latent}
     return Layout(
         tuple(latent), tuple(observed), max_plate_nesting, data_dim, supports,
@@ -342,8 +352,19 @@ def _batched_weights(log_weight_fn, x, k, batch_size, particle_chunk, bar, on_ro
 
 def point_block(num_particles: int) -> int:
     """Data points per block of the seeded path: enough rows (points x samples) per call to
-    amortize the per-call cost, at most 256 points."""
-    return min(256, max(1, ROWS_PER_CALL // num_particles))
+    amortize the per-call cost, at most 64 points (a block running past the end of the data is
+    padded, so small evaluations should not pay for large blocks)."""
+    return min(64, max(1, ROWS_PER_CALL // num_particles))
+
+
+def point_blocks(n: int, index_offset: int, b: int):
+    """``(block, local_indices, keep)`` for the blocks of ``b`` consecutive global indices that
+    cover points ``index_offset .. index_offset + n - 1``: positions outside ``x`` point at the
+    nearest point (padding) and have ``keep`` False."""
+    for j in range(index_offset // b, (index_offset + n - 1) // b + 1):
+        glob = torch.arange(j * b, (j + 1) * b)
+        keep = (glob >= index_offset) & (glob < index_offset + n)
+        yield j, (glob - index_offset).clamp(0, n - 1), keep
 
 
 def _seeded_weights(log_weight_fn, x, k, particle_chunk, seed, index_offset, bar, on_rows):
@@ -355,22 +376,21 @@ def _seeded_weights(log_weight_fn, x, k, particle_chunk, seed, index_offset, bar
     shards of several workers), as long as sampling a site draws a fixed number of random
     numbers per element (reparameterized location-scale families, Bernoulli, ...)."""
     n, b = x.shape[0], point_block(particle_chunk)
-    first, last = index_offset // b, (index_offset + n - 1) // b
     group = max(1, STATS_BUDGET // (k * b))  # blocks whose weights are reduced together
+    rows = []
     with kept_rng_state(x.device):
-        for g0 in range(first, last + 1, group):
-            rows = []
-            for j in range(g0, min(last + 1, g0 + group)):
-                glob = torch.arange(j * b, (j + 1) * b)
-                local = (glob - index_offset).clamp(0, n - 1)
-                keep = (glob >= index_offset) & (glob < index_offset + n)
-                lw = torch.empty(b, k, dtype=torch.float64)
-                for block, (k0, k1) in enumerate(chunk_ranges(k, particle_chunk)):
-                    seed_streams(point_seed(seed, j, block), x.device)
-                    lw[:, k0:k1] = log_weight_fn(x[local.to(x.device)], k1 - k0).to(
-                        "cpu", torch.float64).T
-                rows.append(lw[keep])
-                bar.update(int(keep.sum()) * k)
+        for j, local, keep in point_blocks(n, index_offset, b):
+            lw = torch.empty(b, k, dtype=torch.float64)
+            for block, (k0, k1) in enumerate(chunk_ranges(k, particle_chunk)):
+                seed_streams(point_seed(seed, j, block), x.device)
+                lw[:, k0:k1] = log_weight_fn(x[local.to(x.device)], k1 - k0).to(
+                    "cpu", torch.float64).T
+            rows.append(lw[keep])
+            bar.update(int(keep.sum()) * k)
+            if len(rows) == group:
+                on_rows(torch.cat(rows))
+                rows = []
+        if rows:
             on_rows(torch.cat(rows))
 
 
