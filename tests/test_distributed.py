@@ -161,9 +161,15 @@ def trained_run(tmp_path_factory):
     return out
 
 
-def test_evaluate_per_point_is_identical_on_two_workers(trained_run, tmp_path, capsys):
-    args = ["evaluate", "--run", str(trained_run), "--estimator", "is", "--samples", "20",
-            "--limit", "30", "--batch-size", "4", "--no-progress", "--json", "--per-point"]
+@pytest.mark.parametrize("estimator", [
+    ["is", "--samples", "20", "--batch-size", "4"],
+    pytest.param(["ais", "--samples", "3", "--anneal-steps", "4", "--leapfrog", "2"],
+                 marks=pytest.mark.slow),
+], ids=["is", "ais"])
+def test_evaluate_per_point_is_identical_on_two_workers(estimator, trained_run, tmp_path,
+                                                        capsys):
+    args = ["evaluate", "--run", str(trained_run), "--estimator", *estimator, "--limit", "30",
+            "--no-progress", "--json", "--per-point"]
     assert main([*args, str(tmp_path / "one.csv")]) == 0
     one = json.loads(capsys.readouterr().out)
     r = _run(["-m", "ppl_vae", *args, str(tmp_path / "two.csv"), "--nproc", "2"])
@@ -176,6 +182,8 @@ def test_evaluate_per_point_is_identical_on_two_workers(trained_run, tmp_path, c
     assert per_point.log_likelihood.nunique() == 30
     assert two["log_likelihood"] == one["log_likelihood"] and two["n"] == 30
     assert len(pd.read_csv(trained_run / "evaluation.csv")) >= 2
+    if estimator[0] == "ais":
+        assert per_point.acceptance_rate.notna().all() and "step_size" in per_point
 
 
 TIMING = ("seconds", "seconds_per_step", "seconds_per_gradient")
