@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from .errors import PplVaeError
+from .errors import DistributedError, PplVaeError
 
 __all__ = ["main", "build_parser"]
 
@@ -32,15 +33,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     command = next((a for a in argv if not a.startswith("-")), "")
     parser = build_parser(only=command)
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "nproc"):  # a command that runs distributed (torchrun or --nproc N)
+            from .distributed import run_command
+
+            return int(run_command(args, argv, args._run) or 0)
         return int(args._run(args) or 0)
     except PplVaeError as exc:
-        print(f"ppl-vae {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        worker = (f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1
+                  and "RANK" in os.environ else "")
+        print(f"ppl-vae {args.command}: error: {worker}{exc}", file=sys.stderr)
+        return 1 if isinstance(exc, DistributedError) else 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,7 +4,8 @@ Every error a user can cause (bad data, bad option, corrupt checkpoint, diverged
 subclass of :class:`PplVaeError`, so the CLI can print one clear line instead of a traceback.
 """
 
-__all__ = ["PplVaeError", "DataError", "ConfigError", "CheckpointError", "TrainingDivergedError"]
+__all__ = ["PplVaeError", "DataError", "ConfigError", "CheckpointError", "TrainingDivergedError",
+           "DistributedError"]
 
 
 class PplVaeError(Exception):
@@ -25,3 +26,8 @@ class CheckpointError(PplVaeError):
 
 class TrainingDivergedError(PplVaeError, FloatingPointError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class DistributedError(PplVaeError, RuntimeError):
+    """A collective operation of a distributed run failed: another worker died, hung past the
+    process group's timeout, or cannot be reached."""

@@ -21,6 +21,11 @@ metric: ``objective, step, seconds, metric, value``; metrics ``elbo``, ``train_o
 ``is_log_likelihood`` and the gradient statistics at step 0) plus a wide summary;
 :func:`plot_comparison` draws the variance per estimator (log scale) and the ELBO against steps
 and against seconds. Wall-clock numbers are only comparable within one run on one idle machine.
+
+Inside a ``torch.distributed`` process group the objectives are dealt round-robin over the ranks;
+each rank runs the same per-objective steps (gradient statistics, :func:`_train_one`) from the
+same initial weights and seed, and the rows are gathered in the order of ``objectives``: the
+result is the sequential one (timings aside).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .errors import ConfigError
 from .gradient_variance import gradient_statistics
 from .objectives import make_objective, parse_objective_list
@@ -175,32 +181,40 @@ def compare_estimators(
     model0, guide0 = pair
     if device is not None:
         model0.to(device), guide0.to(device)
-    grads = gradient_statistics(model0, guide0, train_x[batches[0]], objectives, draws=draws,
+    distributed.broadcast_modules(model0, guide0)  # every rank starts from rank 0's weights
+    mine = distributed.my_items(objectives)  # all of them in a single process
+    grads = gradient_statistics(model0, guide0, train_x[batches[0]], mine, draws=draws,
                                 num_data=n, seed=seed, num_particles=num_particles,
-                                warmup=warmup, warmup_data=train_x)
-    rows: list[dict] = []
-    summary: list[dict] = []
-    bar = tqdm(total=steps * len(objectives), disable=not progress, desc="compare",
-               unit="step", dynamic_ncols=True)
+                                warmup=warmup, warmup_data=train_x) if mine else {}
+    bar = tqdm(total=steps * len(mine), disable=not (progress and distributed.is_main()),
+               desc="compare", unit="step", dynamic_ncols=True)
+    done = {}
     with bar:
-        for name in objectives:
-            g = grads[name]
-            if not g["applicable"]:
-                summary.append({"objective": name, "applicable": False})
-                bar.update(steps)
-                continue
-            rows += [{"objective": name, "step": 0, "seconds": 0.0, "metric": m, "value": g[m]}
-                     for m in GRADIENT_METRICS if g.get(m) is not None]
+        for name in mine:
             bar.set_postfix_str(name)
-            more, row = _train_one(name, copy.deepcopy(model0), copy.deepcopy(guide0), train_x,
-                                   eval_x, batches, lr=lr, seed=seed,
-                                   num_particles=num_particles,
-                                   eval_every=int(eval_every or max(1, steps // 20)),
-                                   is_samples=is_samples, bar=bar)
-            rows += more
-            summary.append({**row, **{m: g.get(m) for m in GRADIENT_METRICS}})
+            done[name] = _compare_one(name, grads[name], model0, guide0, train_x, eval_x,
+                                      batches, bar, lr=lr, seed=seed, num_particles=num_particles,
+                                      eval_every=int(eval_every or max(1, steps // 20)),
+                                      is_samples=is_samples)
+    for part_done, part_grads in distributed.gather((done, grads)):
+        done.update(part_done), grads.update(part_grads)
+    rows = [row for name in objectives for row in done[name][0]]
     tidy = pd.DataFrame(rows, columns=["objective", "step", "seconds", "metric", "value"])
-    return ComparisonResult(tidy, pd.DataFrame(summary), grads)
+    summary = pd.DataFrame([done[name][1] for name in objectives])
+    return ComparisonResult(tidy, summary, {name: grads[name] for name in objectives})
+
+
+def _compare_one(name, g, model0, guide0, train_x, eval_x, batches, bar, **train_args):
+    """``(tidy rows, summary row)`` of one objective: its gradient statistics ``g`` at the
+    common initial weights, then a copy of the pair trained with it (:func:`_train_one`)."""
+    if not g["applicable"]:
+        bar.update(len(batches))
+        return [], {"objective": name, "applicable": False}
+    rows = [{"objective": name, "step": 0, "seconds": 0.0, "metric": m, "value": g[m]}
+            for m in GRADIENT_METRICS if g.get(m) is not None]
+    more, row = _train_one(name, copy.deepcopy(model0), copy.deepcopy(guide0), train_x, eval_x,
+                           batches, bar=bar, **train_args)
+    return rows + more, {**row, **{m: g.get(m) for m in GRADIENT_METRICS}}
 
 
 def summary_table(summary: pd.DataFrame, floatfmt: str = ".4g") -> str:

@@ -69,6 +69,10 @@ class SVI:
     :class:`pyro.infer.ELBO`. ``modules``: further ``nn.Module`` s whose parameters the objective
     may use (e.g. the model and guide when ``model``/``guide`` are handler-wrapped callables).
     ``optim_args`` are passed to ``torch.optim.Adam``.
+
+    ``grad_hook``: an optional ``hook(svi, loss) -> loss`` called after every backward pass and
+    before the optimizer step, e.g. :class:`ppl_vae.distributed.GradientSync`, which averages the
+    gradients (and the loss) of data-parallel workers.
     """
 
     def __init__(self, model, guide, objective="trace", lr: float = 1e-3, modules=(),
@@ -86,6 +90,7 @@ class SVI:
         self._param_ids: set[int] = set()
         self._store_size = -1
         self._pending_state: dict | None = None
+        self.grad_hook = None
 
     # -- parameters ------------------------------------------------------------------------
     def _module_params(self):
@@ -133,6 +138,8 @@ class SVI:
             raise ConfigError(
                 "the objective produced no gradient for any parameter: the model and guide "
                 "have no trainable parameters, or none of them influences the loss")
+        if self.grad_hook is not None:
+            loss = self.grad_hook(self, loss)
         if math.isfinite(loss):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

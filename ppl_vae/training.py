@@ -12,6 +12,13 @@ of the full-data negative ELBO; we report per-data-point values in nats:
 Reproducibility: the RNGs are re-seeded from (seed, epoch) at the start of every epoch, so the
 same seed gives the same numbers, and a run resumed at an epoch boundary continues exactly as if
 it had never stopped.
+
+Data-parallel training (inside a ``torch.distributed`` process group, see
+:mod:`ppl_vae.distributed`): every rank builds the same epoch permutation, takes its contiguous
+shard of each global batch of ``batch_size`` points, and the ranks' gradients are combined into
+the global batch's gradient before each Adam step. Rank r > 0 draws its Monte Carlo noise from
+its own stream seeded from (seed, epoch, r); rank 0's stream is the single-process one. Only
+rank 0 writes files; the checkpoint is the single-process one.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import torch
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
+from . import distributed
 from .builders import build_model_and_guide
 from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -65,6 +73,11 @@ def _raise_interrupt(signum, frame):
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919) % (2**31 - 1)
+
+
+def _rank_seed(epoch_seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s noise in an epoch; rank 0 keeps the single-process seed."""
+    return (int(epoch_seed) + 104_729 * int(rank)) % (2**31 - 1)
 
 
 @torch.no_grad()
@@ -181,6 +194,16 @@ class _Loop:
     binarize: bool
     batch_size: int
     steps_per_epoch: int
+    sync: distributed.GradientSync | None = None
+
+    def shard(self, idx: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous shard of the global batch ``idx`` (all of it in one process);
+        sets the rank's gradient weight. An empty shard computes on one point with weight 0."""
+        if self.sync is None:
+            return idx
+        start, stop = distributed.shard_bounds(len(idx))
+        self.sync.weight = (stop - start) / len(idx)
+        return idx[start:stop] if stop > start else idx[:1]
 
 
 def _setup(config: TrainConfig, dataset: Dataset, device) -> _Loop:
@@ -202,8 +225,12 @@ def _setup(config: TrainConfig, dataset: Dataset, device) -> _Loop:
         ((x_train == 0) | (x_train == 1)).all())
     x_valid = dataset.split_for("valid", likelihood) if likelihood is not None else dataset.valid
     bs = min(config.batch_size, x_train.shape[0])
+    sync = None
+    if distributed.world_size() > 1:  # data parallel: start identical, average the gradients
+        distributed.broadcast_modules(model, guide, *objective.modules.values())
+        svi.grad_hook = sync = distributed.GradientSync()
     return _Loop(config, dataset, model, guide, svi, anneal, x_train, x_valid.to(device),
-                 binarize, bs, math.ceil(x_train.shape[0] / bs))
+                 binarize, bs, math.ceil(x_train.shape[0] / bs), sync)
 
 
 def _diverged(loss, epoch, step, loop: _Loop, metrics, ckpt_path) -> TrainingDivergedError:
@@ -220,18 +247,18 @@ def _train_epoch(loop: _Loop, epoch: int, bar, metrics, ckpt_path) -> float:
     config, x_train = loop.config, loop.x_train
     n, bs = x_train.shape[0], loop.batch_size
     seed = _epoch_seed(config.seed, epoch)
-    pyro.set_rng_seed(seed)
+    pyro.set_rng_seed(_rank_seed(seed, distributed.rank()))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(x_train.device)
     running, seen = 0.0, 0
     for step in range(loop.steps_per_epoch):
         idx = perm[step * bs: (step + 1) * bs]
-        xb = x_train[idx]
+        xb = x_train[loop.shard(idx)]
         if loop.binarize:
             xb = torch.bernoulli(xb)
         if loop.anneal is not None:
             loop.anneal.beta = min(1.0, (epoch * loop.steps_per_epoch + step + 1)
                                    / (config.kl_warmup_epochs * loop.steps_per_epoch))
-        loss = loop.svi.step(xb, num_data=n)
+        loss = loop.svi.step(xb, num_data=n)  # of the global batch (see GradientSync)
         if not math.isfinite(loss):
             raise _diverged(loss, epoch, step, loop, metrics, ckpt_path)
         running += loss * len(idx) / n
@@ -253,12 +280,41 @@ def _validate(loop: _Loop, epoch: int) -> float:
 
 
 def _save(loop: _Loop, run_dir, epochs_done, metrics, elapsed, interrupted=False) -> None:
-    if run_dir is None:
+    if run_dir is None or not distributed.is_main():
         return
     save_checkpoint(run_dir / CHECKPOINT_NAME,
                     _payload(loop.config, loop.model, loop.guide, loop.svi, epochs_done, metrics,
                              elapsed, loop.dataset.x_dim, interrupted))
     _write_metrics(metrics, run_dir / METRICS_NAME)
+
+
+def _load_data(config: TrainConfig) -> Dataset:
+    """The run's data set; in a process group rank 0 loads it first (a download happens once,
+    and a data error reaches every rank), then the others."""
+    first = {}
+
+    def load():
+        first["dataset"] = load_dataset(config.data, likelihood=config.likelihood_spec())
+
+    distributed.from_rank0(load)
+    if "dataset" in first:
+        return first["dataset"]
+    return load_dataset(config.data, likelihood=config.likelihood_spec())
+
+
+def _start(config, overrides, resume, run_dir, dataset, device):
+    """``(loop, start_epoch, metrics, elapsed)``: the set-up run, resumed from its checkpoint if
+    asked (read by rank 0 and sent to every rank)."""
+    ckpt_path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
+    config, payload = distributed.from_rank0(_resolve_config, config, overrides, resume, ckpt_path)
+    dataset = _load_data(config) if dataset is None else dataset
+    loop = _setup(config, dataset, torch.device(device))
+    if payload is None:
+        return loop, 0, [], 0.0
+    load_state(loop.model, loop.guide, payload, str(ckpt_path), loop.svi.objective.modules)
+    loop.svi.load_state_dict(payload.get("optimizer", {}))
+    return (loop, int(payload.get("epochs_done", 0)), list(payload.get("metrics", [])),
+            float(payload.get("elapsed", 0.0)))
 
 
 def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = False,
@@ -273,35 +329,33 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
 
     On a NaN/inf loss, raises :class:`TrainingDivergedError` naming the epoch and step; the last
     checkpoint (end of the last good epoch) is left untouched. On Ctrl-C or SIGTERM, saves a
-    checkpoint of the current parameters and raises ``KeyboardInterrupt``. ``device``: where
+    checkpoint of the current parameters and raises ``KeyboardInterrupt`` (in a process group
+    of several ranks it saves nothing: the last epoch's checkpoint stays). ``device``: where
     parameters and data live (checkpoints are loaded to the CPU and moved there).
+
+    Inside a ``torch.distributed`` process group this is one rank of a data-parallel run (see
+    the module docstring); every rank calls it with the same arguments, rank 0 writes the files.
     """
     run_dir = Path(out) if out is not None else None
     ckpt_path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
-    config, payload = _resolve_config(config, overrides, resume, ckpt_path)
-    if dataset is None:
-        dataset = load_dataset(config.data, likelihood=config.likelihood_spec())
-    loop = _setup(config, dataset, torch.device(device))
-    metrics: list[dict] = []
-    start_epoch, elapsed = 0, 0.0
-    if payload is not None:
-        load_state(loop.model, loop.guide, payload, str(ckpt_path), loop.svi.objective.modules)
-        loop.svi.load_state_dict(payload.get("optimizer", {}))
-        start_epoch = int(payload.get("epochs_done", 0))
-        metrics = list(payload.get("metrics", []))
-        elapsed = float(payload.get("elapsed", 0.0))
-    if run_dir is not None:
+    main = distributed.is_main()
+    loop, start_epoch, metrics, elapsed = _start(config, overrides, resume, run_dir, dataset,
+                                                 device)
+    config, dataset = loop.config, loop.dataset
+    if run_dir is not None and main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.json", json.dumps(config.to_dict(), indent=2).encode())
 
-    bar = tqdm(total=(config.epochs - start_epoch) * loop.steps_per_epoch, disable=not progress,
-               desc="train", unit="step", dynamic_ncols=True, leave=True)
+    bar = tqdm(total=(config.epochs - start_epoch) * loop.steps_per_epoch,
+               disable=not (progress and main), desc="train", unit="step", dynamic_ncols=True,
+               leave=True)
     epoch = start_epoch
     # SIGTERM (a scheduler or `kill`) is handled like Ctrl-C: save, then stop.
     in_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     try:
         for epoch in range(start_epoch, config.epochs):
+            distributed.failure_test_hook(epoch + 1)
             t0 = time.perf_counter()
             train_elbo = _train_epoch(loop, epoch, bar, metrics, ckpt_path)
             valid_elbo = _validate(loop, epoch)
@@ -312,9 +366,10 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
             bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs} train {train_elbo:.3f} "
                                 f"valid {valid_elbo:.3f}")
             _save(loop, run_dir, epoch + 1, metrics, elapsed)
+            distributed.barrier()  # no rank starts epoch e + 1 before epoch e's checkpoint exists
     except KeyboardInterrupt:
         bar.close()
-        if all(torch.isfinite(p).all() for p in loop.svi.parameters()):
+        if loop.sync is None and all(torch.isfinite(p).all() for p in loop.svi.parameters()):
             _save(loop, run_dir, epoch, metrics, elapsed, interrupted=True)
         raise
     finally:
@@ -322,13 +377,13 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
         if in_main:
             signal.signal(signal.SIGTERM, old_term)
 
-    if run_dir is not None:
+    if run_dir is not None and main:
         df = _write_metrics(metrics, run_dir / METRICS_NAME)
     else:
         import pandas as pd
 
         df = pd.DataFrame(metrics, columns=["epoch", "train_elbo", "valid_elbo", "seconds"])
-    if run_dir is not None:
+    if run_dir is not None and main:
         if plots:
             _plots(loop.model, loop.guide, dataset, run_dir, config.seed)
     return TrainResult(loop.model, loop.guide, config, df, dataset, run_dir)

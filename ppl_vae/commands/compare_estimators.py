@@ -1,4 +1,7 @@
-"""``ppl-vae compare-estimators``: train one copy per objective (gradient estimator), compare."""
+"""``ppl-vae compare-estimators``: train one copy per objective (gradient estimator), compare.
+
+With ``--nproc N`` (or under torchrun) the objectives are dealt round-robin over the workers;
+rank 0 writes the same files as a single process."""
 
 from __future__ import annotations
 
@@ -56,9 +59,13 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true",
                    help="print the summary as one JSON list on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from ppl_vae.distributed import add_arguments as add_distributed_arguments
+
+    add_distributed_arguments(p)
 
 
 def run(args) -> int:
+    from ppl_vae import distributed
     from ppl_vae.data import binary_splits
     from ppl_vae.estimator_comparison import compare_estimators, plot_comparison, summary_table
     from ppl_vae.objectives import parse_objective_list
@@ -69,7 +76,8 @@ def run(args) -> int:
     hidden = tuple(int(h) for h in str(args.hidden).split(",") if h.strip())
     train, evaluation, ds = binary_splits(args.data, args.split, args.limit)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
     result = compare_estimators(
         train.to(device), evaluation.to(device), names, model_family=args.model,
         latent_dim=args.latent_dim, hidden=hidden, activation=args.activation, steps=args.steps,
@@ -77,6 +85,8 @@ def run(args) -> int:
         eval_every=args.eval_every, is_samples=args.samples, draws=args.draws,
         warmup=args.warmup, progress=not args.no_progress, device=device,
     )
+    if not distributed.is_main():
+        return 0
     result.tidy.to_csv(out / "results.csv", index=False)
     result.summary.to_csv(out / "summary.csv", index=False)
     table = summary_table(result.summary)

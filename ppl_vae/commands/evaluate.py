@@ -3,7 +3,10 @@
 Estimators: :data:`ppl_vae.marginal.ESTIMATORS` (``elbo``, ``naive``, ``is``, ``ais``), run by
 :func:`ppl_vae.marginal.estimate_log_likelihood`.
 Prints a summary (or, with ``--json``, exactly one JSON object on stdout; the progress bar and
-warnings go to stderr) and appends one row to ``RUN/evaluation.csv``.
+warnings go to stderr) and appends one row to ``RUN/evaluation.csv``; ``--per-point FILE`` also
+writes one row per data point. Point i's randomness comes from (``--seed``, i), so with
+``--nproc N`` (or under torchrun) the points are split into contiguous shards, one per worker,
+and rank 0 writes exactly what a single process writes.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ def add_arguments(p):
                    help="evaluate only the first N points of the split")
     p.add_argument("--json", action="store_true",
                    help="print exactly one JSON object on stdout (progress goes to stderr)")
+    p.add_argument("--per-point", default=None, metavar="FILE",
+                   help="also write a CSV with one row per data point (index in the split, "
+                        "log_likelihood, stderr, ess, pareto_k, ...)")
     p.add_argument("--seed", type=int, default=0, metavar="SEED", help="random seed (default 0)")
     p.add_argument("--device", default="cpu", metavar="DEVICE",
                    help="torch device, e.g. cpu (default) or cuda")
@@ -61,6 +67,9 @@ def add_arguments(p):
     g.add_argument("--schedule", choices=("sigmoid", "geometric", "linear"), default="sigmoid",
                    help="spacing of the temperatures beta (default sigmoid, Wu et al. 2017)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from ppl_vae.distributed import add_arguments as add_distributed_arguments
+
+    add_distributed_arguments(p)
 
 
 def _check_args(args) -> None:
@@ -82,18 +91,34 @@ def _check_args(args) -> None:
 
 
 def _options(args) -> dict:
+    from ppl_vae.distributed import is_main
+
     options = dict(batch_size=args.batch_size, particle_chunk=args.particle_chunk,
-                   progress=not args.no_progress, seed=args.seed)
+                   progress=not args.no_progress and is_main(), seed=args.seed)
     if args.estimator == "ais":
         options.update(num_steps=args.anneal_steps, num_leapfrog=args.leapfrog,
                        step_size=args.step_size, init=args.init, schedule=args.schedule)
     return options
 
 
+def write_per_point(result, path) -> None:
+    """One CSV row per data point: its index in the split and every per-point value."""
+    import pandas as pd
+    import torch
+
+    from ppl_vae.checkpoint import atomic_write_bytes
+    from ppl_vae.marginal.result import PER_POINT
+
+    columns = {"index": range(result.n), **{k: getattr(result, k).numpy() for k in PER_POINT}}
+    columns.update({k: v.double().numpy() for k, v in result.info.items()
+                    if isinstance(v, torch.Tensor) and v.dim() == 1 and len(v) == result.n})
+    atomic_write_bytes(path, pd.DataFrame(columns).to_csv(index=False).encode())
+
+
 def run(args) -> int:
     import torch
 
-    from ppl_vae.marginal import estimate_log_likelihood
+    from ppl_vae import distributed
     from ppl_vae.reporting import append_csv, json_safe, peak_rss_mb, resolve_device
     from ppl_vae.runs import load_run
 
@@ -106,8 +131,13 @@ def run(args) -> int:
     if args.limit is not None:
         x = x[: args.limit]
     with torch.no_grad():
-        result = estimate_log_likelihood(r.model, r.guide, x.to(device), args.estimator,
-                                         args.samples, **_options(args))
+        result = distributed.estimate_log_likelihood(
+            r.model, r.guide, x.to(device), args.estimator, args.samples,
+            align=args.batch_size or 1, **_options(args))
+    if not distributed.is_main():
+        return 0
+    if args.per_point:
+        write_per_point(result, Path(args.per_point))
     summary = result.summary()
     row = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "run": str(run_dir),
            "split": args.split, **summary, "seed": args.seed, "limit": args.limit,

@@ -1,4 +1,7 @@
-"""``ppl-vae train``: fit a model/guide pair with SVI and write a run directory."""
+"""``ppl-vae train``: fit a model/guide pair with SVI and write a run directory.
+
+Data parallel with ``--nproc N`` or under ``torchrun ... -m ppl_vae train``: see
+:mod:`ppl_vae.distributed`."""
 
 from __future__ import annotations
 
@@ -46,6 +49,9 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true",
                    help="print the final metrics as one JSON object on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from ppl_vae.distributed import add_arguments as add_distributed_arguments
+
+    add_distributed_arguments(p)
 
 
 def overrides_from(args) -> dict:
@@ -53,6 +59,7 @@ def overrides_from(args) -> dict:
 
 
 def run(args) -> int:
+    from ppl_vae import distributed
     from ppl_vae.active_units import report_active_units
     from ppl_vae.reporting import json_safe, resolve_device
     from ppl_vae.training import train
@@ -63,10 +70,13 @@ def run(args) -> int:
         result = train(out=out, resume=args.resume, progress=not args.no_progress,
                        device=device, **overrides_from(args))
     except KeyboardInterrupt:
-        print(f"\ninterrupted: checkpoint saved in {out}; continue with "
-              f"`ppl-vae train --out {out} --resume`", file=sys.stderr)
+        saved = ("the last epoch's checkpoint is kept" if distributed.world_size() > 1
+                 else "checkpoint saved")
+        if distributed.is_main():
+            print(f"\ninterrupted: {saved} in {out}; continue with "
+                  f"`ppl-vae train --out {out} --resume`", file=sys.stderr)
         return 130
-    if not len(result.metrics):
+    if not len(result.metrics) or not distributed.is_main():
         return 0
     last = result.metrics.iloc[-1]
     # Active units per latent layer (Burda et al. 2016): writes OUT/active_units.csv.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
@@ -106,3 +106,32 @@ def _nanmax(t: torch.Tensor) -> float:
     return float(t.max()) if t.numel() else math.nan
 
 
+
+
+PER_POINT = ("log_likelihood", "stderr", "ess", "pareto_k", "log_weight_mean", "log_weight_var")
+
+
+def concat_results(parts) -> MarginalLikelihoodResult:
+    """One result for the data points of ``parts`` (results on consecutive shards), in order.
+
+    Per-point tensors, ``log_weights`` and per-point tensors of ``info`` (first dimension the
+    part's number of points) are concatenated; other ``info`` values come from the first part;
+    ``seconds`` is the largest (the parts ran side by side). ``None`` parts (empty shards) are
+    skipped.
+    """
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        raise ValueError("concat_results needs at least one result")
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    cat = {name: torch.cat([getattr(p, name) for p in parts]) for name in PER_POINT}
+    info = {}
+    for key, value in first.info.items():
+        per_point = all(isinstance(p.info.get(key), torch.Tensor) and p.info[key].dim() > 0
+                        and p.info[key].shape[0] == p.n for p in parts)
+        info[key] = torch.cat([p.info[key] for p in parts]) if per_point else value
+    log_weights = (torch.cat([p.log_weights for p in parts])
+                   if all(p.log_weights is not None for p in parts) else None)
+    return replace(first, **cat, info=info, log_weights=log_weights,
+                   seconds=max(p.seconds for p in parts))
