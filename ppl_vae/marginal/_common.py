@@ -16,6 +16,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, PplVaeError
+from .checks import require_density
 from .result import MarginalLikelihoodResult
 
 PARTICLES = "_marginal_particles"
@@ -111,6 +112,7 @@ def _probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> 
     """Trace model (and guide) on one or two data points; raise clear errors for bad input."""
     n_probe = min(2, x.shape[0])
     xp = x[:n_probe]
+    require_density(model, guide if use_guide else None, xp)  # autoencoders: one clear line
     with torch.no_grad():
         mtr = _run_probe(model, xp, "model")
         gtr = _run_probe(guide, xp, "guide") if use_guide else None
