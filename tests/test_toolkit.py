@@ -296,3 +296,43 @@ def test_imputation_beats_mean_filling_on_held_out_digits(trained, digits, xtest
     again = impute_importance(trained.model, trained.guide, x, obs, num_samples=300, fill=mean)
     assert torch.equal(again.samples, res.samples)
     assert (res.log_likelihood < 0).all() and (res.ess >= 1).all() and (res.ess <= 300).all()
+
+
+# ------------------------------------------------------------------------------------------
+# representation
+# ------------------------------------------------------------------------------------------
+def test_normality_statistics():
+    from ppl_vae.representation import normality
+
+    rng = np.random.RandomState(0)
+    std = normality(rng.randn(20000, 2))
+    assert std["kl_to_prior"] < 0.005 and std["mean_abs_skewness"] < 0.05
+    wide = normality(2.0 * rng.randn(20000, 2))
+    exact = 0.5 * (2 * 4.0 - 2 - 2 * math.log(4.0))  # KL(N(0, 4I) || N(0, I)), d = 2
+    assert abs(wide["kl_to_prior"] - exact) < 0.05
+    skewed = normality(rng.exponential(size=(20000, 2)))
+    assert skewed["mean_abs_skewness"] > 1.5 and skewed["mean_abs_excess_kurtosis"] > 3
+
+
+def test_knn_accuracy_and_pca():
+    from ppl_vae.representation import knn_accuracy, pca_2d
+
+    rng = np.random.RandomState(0)
+    y = rng.randint(0, 3, 300)
+    z = np.eye(3)[y] * 10 + rng.randn(300, 3)
+    assert knn_accuracy(z[:200], y[:200], z[200:], y[200:]) == 1.0
+    noise = rng.randn(300, 3)
+    assert knn_accuracy(noise[:200], y[:200], noise[200:], y[200:]) < 0.6
+    flat = np.c_[rng.randn(100, 2) * [3.0, 1.0], np.zeros((100, 3))]
+    xy, ratio = pca_2d(flat)
+    assert xy.shape == (100, 2) and abs(ratio.sum() - 1.0) < 1e-9 and ratio[0] > ratio[1]
+
+
+def test_posterior_means_concatenate_all_sites(trained, xtest):
+    from ppl_vae.representation import aggregate_samples, posterior_means
+
+    z = posterior_means(trained.guide, xtest[:30], batch_size=7)
+    assert torch.allclose(z, trained.guide.encode(xtest[:30])[0])
+    guide = ppl_vae.guides.BottomUpGuide.mlp(64, (5, 3), (16,))
+    assert posterior_means(guide, xtest[:10]).shape == (10, 8)
+    assert aggregate_samples(trained.guide, xtest[:10], draws=3).shape == (30, 4)

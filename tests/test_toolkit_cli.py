@@ -125,3 +125,49 @@ def test_help_has_readable_metavars(capsys):
     text = capsys.readouterr().out
     assert "--run DIR" in text and "--out FILE.png" in text and "-k K" in text
     assert "--missing PATTERN" in text
+
+
+def test_posterior_json_small_budget(runs, tmp_path, capsys):
+    out = tmp_path / "post.png"
+    assert main(["posterior", "--run", str(runs / "l2"), "--out", str(out), "--index", "0,4",
+                 "--num-samples", "30", "--warmup", "20", "--gap-steps", "30", "-k", "200",
+                 "--json", "--no-progress"]) == 0
+    _png(out)
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["index"] == [0, 4] and len(obj["points"]) == 2
+    for key in ("approximation_gap", "amortization_gap", "r_hat_max", "ess_bulk_min"):
+        assert key in obj and key in obj["points"][0]
+    p0 = obj["points"][0]
+    assert abs(p0["approximation_gap"] + p0["amortization_gap"] - p0["inference_gap"]) < 1e-9
+    assert len(p0["posterior_mean"]) == 2
+    rc = main(["posterior", "--run", str(runs / "l2"), "--out", str(out), "--index", "999"])
+    _one_line_error(capsys, rc, "--index 999 is out of range")
+
+
+def test_posterior_marginals_on_a_3d_run(runs, tmp_path, capsys):
+    out = tmp_path / "post3.png"
+    assert main(["posterior", "--run", str(runs / "l3"), "--out", str(out), "--num-samples",
+                 "20", "--warmup", "10", "--no-gap", "--no-progress"]) == 0
+    _png(out)
+    assert "R-hat" in capsys.readouterr().out
+
+
+def test_embed_several_runs(runs, tmp_path, capsys):
+    ae = tmp_path / "ae"
+    assert main(["train", "--data", "digits", "--model", "ae", "--latent-dim", "2", "--hidden",
+                 "32", "--epochs", "2", "--batch-size", "64", "--out", str(ae),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "emb"
+    argv = ["embed", "--run", str(runs / "l2"), "--run", str(runs / "l3"), "--run", str(ae),
+            "--out", str(out), "--json"]
+    assert main(argv) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert set(obj) == {str(runs / "l2"), str(runs / "l3"), str(ae)}
+    for v in obj.values():
+        assert 0 <= v["knn_accuracy"] <= 1 and v["normality"] >= 0
+    assert obj[str(runs / "l3")]["latent_dim"] == 3 and obj[str(ae)]["model"] == "ae"
+    _png(out / "embed.png")
+    assert (out / "embed.csv").read_text().count("\n") == 4
+    rc = main(["embed", "--run", str(tmp_path / "nope"), "--out", str(out)])
+    _one_line_error(capsys, rc, "no such run directory")
