@@ -31,8 +31,22 @@ from .builders import build_model_and_guide, register_model_family  # noqa: E402
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .training import TrainResult, estimate_elbo, train  # noqa: E402
 from .runs import Run, load_run  # noqa: E402
-from .generate import encode, impute, interpolate, reconstruct, sample_images  # noqa: E402
-from .handlers import ScaleLatents  # noqa: E402
+from .generate import (  # noqa: E402
+    apply_attribute,
+    attribute_direction,
+    decode,
+    encode,
+    impute,
+    interpolate,
+    manifold,
+    reconstruct,
+    sample_images,
+    traverse,
+)
+from .handlers import PointLatents, ScaleLatents, Temperature  # noqa: E402
+from .imputation import MaskObservations, impute_importance, missing_mask  # noqa: E402
+from .posterior import inference_gaps, nuts_posterior  # noqa: E402
+from .representation import knn_accuracy, normality, posterior_means  # noqa: E402
 from .active_units import ActiveUnits, report_active_units  # noqa: E402
 from .marginal import (  # noqa: E402
     MarginalLikelihoodResult,
@@ -71,6 +85,21 @@ __all__ = [
     "reconstruct",
     "sample_images",
     "ScaleLatents",
+    "Temperature",
+    "PointLatents",
+    "decode",
+    "manifold",
+    "traverse",
+    "attribute_direction",
+    "apply_attribute",
+    "impute_importance",
+    "missing_mask",
+    "MaskObservations",
+    "nuts_posterior",
+    "inference_gaps",
+    "posterior_means",
+    "knn_accuracy",
+    "normality",
     "ActiveUnits",
     "report_active_units",
     "MarginalLikelihoodResult",

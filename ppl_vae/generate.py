@@ -83,9 +83,10 @@ def sample_images(model, n: int, obs_site: str = "x", mean: bool = True,
     try:
         tr = poutine.trace(fn).get_trace(None, batch_size=n)
     except NotImplementedError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
             "the model's prior cannot be sampled (no proper prior p(z): an autoencoder?); "
-            f"prior samples need a generative model ({exc})") from None
+            f"prior samples need a generative model ({first})") from None
     site = _observed_fn(tr, obs_site)
     return _mean_of(site) if mean else site["value"]
 
@@ -116,8 +117,9 @@ def decode(model, latents: dict, obs_site: str = "x", mean: bool = True, x=None)
         try:
             tr = poutine.trace(fn).get_trace(None, batch_size=n)
         except NotImplementedError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ConfigError(f"cannot decode: a latent site was not given and cannot be "
-                              f"sampled ({exc})") from None
+                              f"sampled ({first})") from None
     site = _observed_fn(tr, obs_site)
     return _mean_of(site) if mean else site["value"]
 

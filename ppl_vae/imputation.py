@@ -139,6 +139,9 @@ def impute_importance(model, guide, x: torch.Tensor, observed: torch.Tensor,
     if k < 1:
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
     n, d = x.shape
+    from .marginal.checks import require_density
+
+    require_density(model, guide, x[:2])  # importance weights need p(z) and q(z|x) densities
     fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device).expand(d)
     bs = batch_size or max(1, _BUDGET // (k * d))
     out = {key: [] for key in ("samples", "mean", "lp_obs", "lp_full", "ess")}

@@ -91,6 +91,16 @@ def test_ae_cli_evaluate_refused_in_one_line(tmp_path, capsys):
     assert main(["evaluate", "--run", str(run), "--estimator", "is", "-k", "5"]) == 2
     err = capsys.readouterr().err
     assert "improper prior" in err and len(err.strip().splitlines()) == 1
+    png = str(tmp_path / "f.png")
+    for argv, message in ((["sample"], "prior cannot be sampled"),
+                          (["impute", "-k", "5"], "improper prior"),
+                          (["posterior"], "improper prior")):
+        assert main([*argv, "--run", str(run), "--out", png]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    # the toolkit parts that need no prior density work: manifold over the codes' quantiles
+    assert main(["manifold", "--run", str(run), "--out", png, "--steps", "4"]) == 0
+    assert main(["reconstruct", "--run", str(run), "--out", png]) == 0
 
 
 @pytest.mark.parametrize("overrides,message", [

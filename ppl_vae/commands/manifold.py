@@ -43,13 +43,15 @@ def run(args) -> int:
     mode = args.mode if args.mode != "auto" else ("grid" if j == 2 else "traverse")
     if mode == "grid":
         imgs = manifold(r.model, r.guide, x, steps=args.steps, site=site)
-        title = f"decoded grid of p({site}) quantiles"
-        ncol = args.steps
+        title = f"decoded grid of p({site}) quantiles (Normal icdf of a uniform grid)"
+        ncol, labels = args.steps, None
     else:
         i = tk.check_index(args.around, x.shape[0], "--around")
         imgs = traverse(r.model, r.guide, x[i:i + 1], dims, steps=args.steps, site=site, x_ref=x)
         ncol = args.steps
+        labels = None if len(dims) == 2 else [f"{site}[{d}]" for d in dims]
         title = (f"{site}[{dims[0]}] vs {site}[{dims[1]}] around {args.split}[{i}]"
                  if len(dims) == 2 else f"traversal of {site} dims {dims} around {args.split}[{i}]")
-    print(save_image_grid(imgs.cpu(), r.dataset.image_shape, out, ncol=ncol, title=title))
+    print(save_image_grid(imgs.cpu(), r.dataset.image_shape, out, ncol=ncol, title=title,
+                          row_labels=labels))
     return 0
