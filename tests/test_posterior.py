@@ -97,3 +97,16 @@ def test_posterior_refuses_autoencoders():
         nuts_posterior(model, x, guide=guide)
     with pytest.raises(ConfigError, match="improper prior"):
         inference_gaps(model, guide, x)
+
+
+def test_same_seed_same_numbers():
+    case = DiagonalPosteriorCase()
+    x = case.lg.marginal().sample((1,)) + 1.0
+    a = inference_gaps(case.lg.model, case.guide, x, num_samples=200, steps=30, seed=4)
+    b = inference_gaps(case.lg.model, case.guide, x, num_samples=200, steps=30, seed=4)
+    assert torch.equal(a.log_px, b.log_px) and torch.equal(a.elbo_optimized, b.elbo_optimized)
+    c = inference_gaps(case.lg.model, case.guide, x, num_samples=200, steps=30, seed=5)
+    assert not torch.equal(a.log_px, c.log_px)
+    p = nuts_posterior(case.lg.model, x, num_samples=15, warmup=10, chains=2, seed=3)
+    q = nuts_posterior(case.lg.model, x, num_samples=15, warmup=10, chains=2, seed=3)
+    assert torch.equal(p.samples["z"], q.samples["z"]) and p.samples["z"].shape == (2, 15, 2)
