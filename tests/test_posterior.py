@@ -19,9 +19,9 @@ def test_nuts_recovers_the_exact_gaussian_posterior():
     torch.manual_seed(0)
     lg = LinearGaussian(torch.randn(6, 2), torch.randn(6), 1.0)  # correlated posterior
     x = lg.marginal().sample((1,))
-    ps = nuts_posterior(lg.model, x, num_samples=300, warmup=150, chains=2, seed=1,
+    ps = nuts_posterior(lg.model, x, num_samples=250, warmup=120, chains=2, seed=1,
                         jit_compile=True)
-    assert ps.samples["z"].shape == (2, 300, 2)
+    assert ps.samples["z"].shape == (2, 250, 2)
     mean, cov = lg.posterior(x)
     assert abs(float(cov[0, 1])) > 0.005  # not a diagonal posterior
     f = ps.flat()
