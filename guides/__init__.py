@@ -2,9 +2,14 @@
 
 from .bernoulli import BernoulliGuide
 from .diagonal_normal import DiagonalNormalGuide
+from .iaf import IAFGuide
+from .point import DenoisingPointGuide, PointGuide
 from .hierarchical import BottomUpGuide, TopDownGuide, precision_weighted
 
 __all__ = [
+    "DenoisingPointGuide",
+    "IAFGuide",
+    "PointGuide",
     "BernoulliGuide",
     "BottomUpGuide",
     "DiagonalNormalGuide",

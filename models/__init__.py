@@ -10,8 +10,10 @@ from .likelihoods import (
 from .hierarchical import GaussianConditional, HierarchicalVAE
 from .sbn import SigmoidBeliefNetwork
 from .vae import VAEModel
+from .autoencoder import AutoencoderModel
 
 __all__ = [
+    "AutoencoderModel",
     "LIKELIHOODS",
     "BernoulliLikelihood",
     "GaussianConditional",

@@ -33,7 +33,7 @@ def build_model_and_guide(config: TrainConfig, x_dim: int):
     return MODEL_FAMILIES[config.model](config, int(x_dim))
 
 
-GUIDES = ("bottom-up", "top-down")
+GUIDES = ("bottom-up", "top-down", "iaf")
 
 
 def _objective_spec(objective: str):
@@ -65,6 +65,8 @@ def _vae(config: TrainConfig, x_dim: int):
     :class:`~ppl_vae.guides.BottomUpGuide` or :class:`~ppl_vae.guides.TopDownGuide`, in the MLP
     architecture of Burda et al. (2016): ``hidden`` between x and z1, ``len(hidden)`` layers of
     width dim(z_l) between z_l and z_{l+1}.
+    ``guide="iaf"`` (one stochastic layer): :class:`~ppl_vae.guides.IAFGuide`, the diagonal
+    Gaussian encoder followed by ``flow_depth`` inverse autoregressive flow steps.
     """
     from ppl_vae.guides import BottomUpGuide, DiagonalNormalGuide, TopDownGuide
     from ppl_vae.models import HierarchicalVAE, VAEModel
@@ -73,6 +75,19 @@ def _vae(config: TrainConfig, x_dim: int):
         raise ConfigError(f"unknown guide {config.guide!r} for model 'vae'; choose one of "
                           f"{', '.join(GUIDES)}")
     depth = len(config.latent_dims)
+    if config.guide == "iaf":
+        from ppl_vae.guides import IAFGuide
+
+        if depth != 1:
+            raise ConfigError("guide 'iaf' is for one stochastic layer: give one --latent-dim")
+        if _uses_analytic_kl(config.objective):
+            raise ConfigError(f"objective {config.objective!r} needs an analytic KL, which the "
+                              "IAF guide (a normalizing flow) does not have; use trace or iwae")
+        (j,) = config.latent_dims
+        model = VAEModel(x_dim, j, tuple(reversed(config.hidden)), config.likelihood_spec(),
+                         config.activation)
+        guide = IAFGuide(x_dim, j, config.hidden, config.activation, config.flow_depth)
+        return model, guide
     if depth > 1 and config.guide == "bottom-up" and _uses_analytic_kl(config.objective):
         raise ConfigError(
             f"objective {config.objective!r} (analytic KL, TraceMeanField_ELBO) is not valid for "
@@ -120,3 +135,46 @@ def _sbn(config: TrainConfig, x_dim: int):
     model = SigmoidBeliefNetwork(x_dim, j, tuple(reversed(config.hidden)), config.activation)
     guide = BernoulliGuide(x_dim, j, config.hidden, config.activation)
     return model, guide
+
+
+def _autoencoder(config: TrainConfig, x_dim: int, denoising: bool):
+    from ppl_vae.guides import DenoisingPointGuide, PointGuide
+    from ppl_vae.models import AutoencoderModel
+
+    name = "dae" if denoising else "ae"
+    if len(config.latent_dims) != 1:
+        raise ConfigError(f"model {name!r} has one latent layer: give one --latent-dim")
+    if config.guide != "bottom-up":
+        raise ConfigError(f"model {name!r} has its own point-mass encoder; drop --guide "
+                          f"{config.guide}")
+    if config.objective not in ("trace", "tracegraph"):
+        raise ConfigError(f"model {name!r} trains with --objective trace (its ELBO is the "
+                          f"reconstruction log-likelihood), not {config.objective!r}")
+    (j,) = config.latent_dims
+    model = AutoencoderModel(x_dim, j, tuple(reversed(config.hidden)), config.likelihood_spec(),
+                             config.activation)
+    if denoising:
+        if config.noise <= 0:
+            raise ConfigError("model 'dae' needs --noise > 0 (else it is model 'ae')")
+        guide = DenoisingPointGuide(x_dim, j, config.hidden, config.activation, config.noise,
+                                    config.noise_type)
+    else:
+        guide = PointGuide(x_dim, j, config.hidden, config.activation)
+    return model, guide
+
+
+@register_model_family("ae")
+def _ae(config: TrainConfig, x_dim: int):
+    """Deterministic autoencoder as a model/guide pair: :class:`~ppl_vae.models.AutoencoderModel`
+    (improper flat prior, the VAE's decoder) and :class:`~ppl_vae.guides.PointGuide`
+    (q = Delta(f(x)), the VAE's encoder widths): ``Trace_ELBO`` = log p(x | z = f(x)), the
+    reconstruction log-likelihood. No prior, no density: marginal-likelihood estimators refuse it.
+    """
+    return _autoencoder(config, x_dim, denoising=False)
+
+
+@register_model_family("dae")
+def _dae(config: TrainConfig, x_dim: int):
+    """Denoising autoencoder: as ``ae``, with :class:`~ppl_vae.guides.DenoisingPointGuide`
+    encoding a corrupted input (``config.noise``, ``config.noise_type``) during training."""
+    return _autoencoder(config, x_dim, denoising=True)

@@ -12,7 +12,8 @@ from .errors import DistributedError, PplVaeError
 __all__ = ["main", "build_parser"]
 
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
-COMMANDS = ("train", "sample", "grad_variance", "compare_estimators", "evaluate")
+COMMANDS = ("train", "sample", "grad_variance", "compare_estimators", "evaluate", "reconstruct",
+            "interpolate", "manifold", "attribute", "impute", "posterior", "embed")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

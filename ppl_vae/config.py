@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "NOISE_TYPES"]
+
+NOISE_TYPES = ("masking", "gaussian")
 
 
 def _int_tuple(value, name) -> tuple[int, ...]:
@@ -29,6 +31,9 @@ class TrainConfig:
     ``hidden`` is the encoder's hidden widths (x -> hidden -> z); the decoder mirrors it.
     ``kl_warmup_epochs``: the weight beta on log p(z) - log q(z|x) grows linearly from ~0 to 1
     over this many epochs (Sønderby et al. 2016; Bowman et al. 2016); 0 disables warm-up.
+    ``noise`` / ``noise_type``: the corruption of the denoising autoencoder (``model="dae"``):
+    ``masking`` zeroes each input with probability ``noise`` (in [0, 1)), ``gaussian`` adds
+    ``noise`` * N(0, 1) (``noise`` >= 0). ``flow_depth``: number of IAF steps of ``guide="iaf"``.
     """
 
     data: str = "digits"
@@ -46,6 +51,9 @@ class TrainConfig:
     epochs: int = 30
     seed: int = 0
     kl_warmup_epochs: int = 0
+    noise: float = 0.25
+    noise_type: str = "masking"
+    flow_depth: int = 2
     options: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -66,6 +74,20 @@ class TrainConfig:
         self.epochs, self.seed = int(self.epochs), int(self.seed)
         self.kl_warmup_epochs, self.lr = int(self.kl_warmup_epochs), float(self.lr)
         self.data = str(self.data)
+        if self.noise_type not in NOISE_TYPES:
+            raise ConfigError(f"unknown noise type {self.noise_type!r}; choose one of "
+                              f"{', '.join(NOISE_TYPES)}")
+        try:
+            self.noise = float(self.noise)
+        except (TypeError, ValueError):
+            raise ConfigError(f"noise must be a number, got {self.noise!r}") from None
+        if self.noise_type == "masking" and not 0.0 <= self.noise < 1.0:
+            raise ConfigError(f"masking noise is a probability in [0, 1), got {self.noise}")
+        if self.noise_type == "gaussian" and not self.noise >= 0.0:
+            raise ConfigError(f"gaussian noise is a standard deviation >= 0, got {self.noise}")
+        if int(self.flow_depth) < 1:
+            raise ConfigError(f"flow_depth must be >= 1, got {self.flow_depth}")
+        self.flow_depth = int(self.flow_depth)
 
     def likelihood_spec(self) -> dict:
         spec = {"name": self.likelihood}
@@ -89,7 +111,7 @@ class TrainConfig:
     # Fields that change the architecture or the meaning of the parameters: a checkpoint can only
     # be resumed under a config that agrees on all of these.
     ARCHITECTURE = ("data", "model", "guide", "latent_dims", "hidden", "likelihood", "min_scale",
-                    "activation")
+                    "activation", "flow_depth")
 
     def differences(self, other: "TrainConfig", ignore=("epochs",)) -> dict:
         a, b = self.to_dict(), other.to_dict()

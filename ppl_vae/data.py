@@ -52,6 +52,7 @@ class Dataset:
     valid: torch.Tensor
     test: torch.Tensor
     image_shape: tuple[int, int]
+    labels: dict | None = None  # optional {"train": (N,) int64 tensor, "valid": ..., "test": ...}
 
     @property
     def x_dim(self) -> int:
@@ -66,6 +67,19 @@ class Dataset:
         if name not in SPLITS:
             raise DataError(f"{self.name}: unknown split {name!r}; choose one of {SPLITS}")
         return getattr(self, name)
+
+    def labels_for(self, name: str) -> torch.Tensor:
+        """The class labels of split ``name`` (int64, one per point); :class:`DataError` when the
+        data set carries none (binarized MNIST) or not for that split."""
+        self.split(name)
+        if not self.labels or self.labels.get(name) is None:
+            have = sorted(k for k, v in (self.labels or {}).items() if v is not None)
+            raise DataError(
+                f"{self.name}: no labels for the {name!r} split"
+                + (f" (labels only for {have})" if have else
+                   " (this data set has no labels; digits has them, an .npz needs "
+                   "'train_labels'/'valid_labels'/'test_labels' arrays)"))
+        return self.labels[name]
 
     def split_for(self, name: str, likelihood) -> torch.Tensor:
         """The split as the likelihood must see it at evaluation time.
@@ -119,19 +133,48 @@ def _fixed_split(arr: np.ndarray, n_valid: int, n_test: int, seed: int = 0):
     return arr[:n_train], arr[n_train : n_train + n_valid], arr[n_train + n_valid :]
 
 
-def _make(name, train, valid, test, image_shape, source) -> Dataset:
+def _make(name, train, valid, test, image_shape, source, labels=None) -> Dataset:
     dims = {k: a.shape[1] for k, a in zip(SPLITS, (train, valid, test))}
     if len(set(dims.values())) != 1:
         raise DataError(f"{source}: splits have different numbers of features: {dims}")
     t = [torch.from_numpy(np.ascontiguousarray(a)) for a in (train, valid, test)]
-    return Dataset(name, *t, image_shape=tuple(image_shape))
+    if labels is not None:
+        labels = {k: None if v is None else torch.as_tensor(np.asarray(v), dtype=torch.int64)
+                  for k, v in labels.items()}
+    return Dataset(name, *t, image_shape=tuple(image_shape), labels=labels)
 
 
 def _digits() -> Dataset:
     from sklearn.datasets import load_digits
 
-    arr = load_digits().data.astype(np.float32) / 16.0
-    return _make("digits", *_fixed_split(arr, 250, 250), (8, 8), "digits")
+    bunch = load_digits()
+    arr = bunch.data.astype(np.float32) / 16.0
+    # the same fixed permutation splits the images and their class labels 0..9
+    labels = dict(zip(SPLITS, _fixed_split(bunch.target.astype(np.int64), 250, 250)))
+    return _make("digits", *_fixed_split(arr, 250, 250), (8, 8), "digits", labels)
+
+
+LABEL_KEYS = ("{}_labels", "y_{}", "{}_y")  # accepted names of an .npz's optional label arrays
+
+
+def _npz_labels(f, keys, raw, source) -> dict | None:
+    """Optional integer labels ``train_labels`` / ``y_train`` / ``train_y`` (per split) of an .npz;
+    a label array must hold one integer per data point."""
+    out = {}
+    for split in SPLITS:
+        key = next((p.format(split) for p in LABEL_KEYS if p.format(split) in keys), None)
+        if key is None:
+            out[split] = None
+            continue
+        lab = np.asarray(f[key])
+        if lab.ndim != 1 or lab.shape[0] != raw[split].shape[0]:
+            raise DataError(f"{source}: labels {key!r} must have shape ({raw[split].shape[0]},), "
+                            f"got {lab.shape}")
+        if not np.issubdtype(lab.dtype, np.integer):
+            if not (np.issubdtype(lab.dtype, np.floating) and np.all(lab == np.round(lab))):
+                raise DataError(f"{source}: labels {key!r} must be integers, got {lab.dtype}")
+        out[split] = lab.astype(np.int64)
+    return out if any(v is not None for v in out.values()) else None
 
 
 def find_binarized_mnist() -> Path | None:
@@ -157,13 +200,14 @@ def _npz(path: Path, name: str) -> Dataset:
                     f"'train', 'valid' and 'test' (found {sorted(keys)})"
                 )
             raw = {k: f[k] for k in SPLITS}
+            labels = _npz_labels(f, keys, raw, source)
     except DataError:
         raise
     except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled objects), OSError
         raise DataError(f"{source}: cannot read as .npz ({type(exc).__name__}: {exc})") from exc
     shape3 = raw["train"].shape[1:] if raw["train"].ndim == 3 else None
     arrs = [_as_images(raw[k], source, k) for k in SPLITS]
-    return _make(name, *arrs, _image_shape(arrs[0].shape[1], shape3), source)
+    return _make(name, *arrs, _image_shape(arrs[0].shape[1], shape3), source, labels)
 
 
 def _npy(path: Path) -> Dataset:
@@ -196,7 +240,9 @@ def _torchvision(name: str, root, download: bool) -> Dataset:
     n_valid = min(10000, max(1, tr.shape[0] // 6))
     arrs = [_as_images(a, f"{name} under {root}", k) / 255.0
             for k, a in zip(SPLITS, (tr[:-n_valid], tr[-n_valid:], te))]
-    return _make(name, *arrs, tuple(train_full.data.shape[1:]), name)
+    ytr, yte = np.asarray(train_full.targets), np.asarray(test.targets)
+    labels = dict(zip(SPLITS, (ytr[:-n_valid], ytr[-n_valid:], yte)))
+    return _make(name, *arrs, tuple(train_full.data.shape[1:]), name, labels)
 
 
 def load_dataset(spec: str = "digits", likelihood=None, root=None, download: bool = True) -> Dataset:

@@ -141,9 +141,12 @@ def _plots(model, guide, dataset, run_dir: Path, seed: int) -> None:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        imgs = sample_images(model, 64)
-        save_image_grid(imgs, dataset.image_shape, run_dir / "samples.png", ncol=8,
-                        title="E[x|z], z ~ p(z)")
+        try:
+            imgs = sample_images(model, 64)
+            save_image_grid(imgs, dataset.image_shape, run_dir / "samples.png", ncol=8,
+                            title="E[x|z], z ~ p(z)")
+        except ConfigError:
+            pass  # no proper prior to sample (an autoencoder): no samples.png
         x = dataset.split_for("valid", model.likelihood)[:16] if hasattr(model, "likelihood") \
             else dataset.valid[:16]
         rec = reconstruct(model, guide, x)

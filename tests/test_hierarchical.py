@@ -453,8 +453,8 @@ def test_two_layer_training_with_kl_warmup_and_cli(tmp_path, tiny_digits, capsys
     assert [line.split(",")[1] for line in csv[1:]] == ["z1", "z2"]
     run = load_run(out)
     assert isinstance(run.model, HierarchicalVAE) and run.model.latent_dims == (8, 4)
-    assert main(["sample", "--run", str(out), "-n", "4", "--out", str(tmp_path / "s")]) == 0
-    assert (tmp_path / "s" / "samples.png").is_file()
+    assert main(["sample", "--run", str(out), "-n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").is_file()
     # evaluate and grad-variance take the 2-layer run unchanged
     capsys.readouterr()
     assert main(["evaluate", "--run", str(out), "--estimator", "is", "-k", "20", "--limit", "10",

@@ -1,46 +1,37 @@
-"""``ppl-vae sample``: generate from a trained run (samples, reconstructions, interpolations)."""
+"""``ppl-vae sample``: decode prior samples of a trained run into one PNG.
+
+``--mean`` (default) shows E[x|z], ``--draw`` a draw x ~ p(x|z); ``--temperature T`` multiplies
+the standard deviation of every latent distribution (:class:`ppl_vae.handlers.Temperature`).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from . import _toolkit as tk
 
 NAME = "sample"
-HELP = "decode prior samples, reconstructions and latent interpolations of a trained run to PNG"
+HELP = "decode prior samples z ~ p(z) of a trained run into a PNG (mean image or a draw)"
 
 
 def add_arguments(p):
-    p.add_argument("--run", required=True, help="run directory written by `ppl-vae train`")
-    p.add_argument("-n", "--num", type=int, default=64, help="number of prior samples")
-    p.add_argument("--out", default=None, help="output directory (default: the run directory)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", default="test", help="split for reconstructions/interpolations")
+    tk.add_common(p, out_help="output PNG file", split=False, num=64,
+                  num_help="number of prior samples")
+    p.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                   help="scale of the prior's standard deviation (default 1)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--mean", dest="mean", action="store_true", default=True,
+                   help="show E[x|z] (default)")
+    g.add_argument("--draw", dest="mean", action="store_false", help="show a draw x ~ p(x|z)")
 
 
 def run(args) -> int:
-    import torch
-
-    from ppl_vae.errors import ConfigError
-    from ppl_vae.generate import interpolate, reconstruct, sample_images
+    from ppl_vae.generate import sample_images
     from ppl_vae.plots import save_image_grid
-    from ppl_vae.runs import load_run
 
-    if args.num < 1:
-        raise ConfigError(f"--num must be >= 1, got {args.num}")
-    r = load_run(args.run)
-    out = Path(args.out or args.run)
-    out.mkdir(parents=True, exist_ok=True)
-    shape = r.dataset.image_shape
-    torch.manual_seed(args.seed)
-    written = [save_image_grid(sample_images(r.model, args.num), shape, out / "samples.png",
-                               title="E[x|z], z ~ p(z)")]
-    x = r.split(args.split)
-    written.append(save_image_grid(torch.cat([x[:16], reconstruct(r.model, r.guide, x[:16])]),
-                                   shape, out / "reconstructions.png", ncol=16,
-                                   row_labels=["data", "recon"]))
-    path = interpolate(r.model, r.guide, x[:8], x[8:16], steps=10)
-    written.append(save_image_grid(path.reshape(-1, path.shape[-1]), shape,
-                                   out / "interpolations.png", ncol=10,
-                                   title="latent interpolation (rows: pairs of test images)"))
-    for w in written:
-        print(w)
+    n = tk.positive(args.num, "--num")
+    out = tk.out_png(args.out)
+    r, _ = tk.load(args)
+    imgs = sample_images(r.model, n, mean=args.mean, temperature=args.temperature)
+    what = "E[x|z]" if args.mean else "x ~ p(x|z)"
+    t = f", T = {args.temperature:g}" if args.temperature != 1.0 else ""
+    print(save_image_grid(imgs.cpu(), r.dataset.image_shape, out, title=f"{what}, z ~ p(z){t}"))
     return 0

@@ -17,8 +17,13 @@ HELP = "train a VAE (Pyro model + guide) with SVI; writes checkpoint, metrics.cs
 FLAGS = {
     "--data": ("data", str, "digits (default, embedded), binarized-mnist, mnist, fashion-mnist, "
                "or a path to .npz/.npy"),
-    "--model": ("model", str, "model family (default vae)"),
-    "--guide": ("guide", str, "guide family (default bottom-up)"),
+    "--model": ("model", str, "model family: vae (default), sbn, ae (deterministic "
+                "autoencoder), dae (denoising autoencoder)"),
+    "--guide": ("guide", str, "guide family: bottom-up (default), top-down, iaf"),
+    "--noise": ("noise", float, "dae: corruption level (masking probability, or Gaussian std; "
+                "default 0.25)"),
+    "--noise-type": ("noise_type", str, "dae: masking (default) or gaussian"),
+    "--flow-depth": ("flow_depth", int, "iaf guide: number of flow steps (default 2)"),
     "--latent-dim": ("latent_dims", str, "latent dimension J (one stochastic layer)"),
     "--latent-dims": ("latent_dims", str, "comma-separated sizes, one per stochastic layer"),
     "--hidden": ("hidden", str, "encoder hidden widths, e.g. 256,256 (decoder mirrors them)"),

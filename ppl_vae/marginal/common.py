@@ -19,6 +19,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError, PplVaeError
+from .checks import require_density
 from .result import MarginalLikelihoodResult
 
 PARTICLES = "_marginal_particles"
@@ -168,6 +169,7 @@ def probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> L
     """Trace model (and guide) on one or two data points; raise clear errors for bad input."""
     n_probe = min(2, x.shape[0])
     xp = x[:n_probe]
+    require_density(model, guide if use_guide else None, xp)  # autoencoders: one clear line
     with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leaves the RNG streams alone
         mtr = run_probe(model, xp, "model")
         gtr = run_probe(guide, xp, "guide") if use_guide else None

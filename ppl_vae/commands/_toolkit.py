@@ -1,0 +1,124 @@
+"""Shared options and helpers of the toolkit subcommands (sample, reconstruct, interpolate,
+manifold, attribute, impute, posterior, embed): ``--run``, ``--out``, ``--split``, ``--seed``,
+``--device``, ``--json``, ``-n/--num``; loading a run with one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def add_common(p, *, out_help="output PNG file", split=True, json_flag=False, num=None,
+               num_help="number of images"):
+    p.add_argument("--run", required=True, metavar="DIR",
+                   help="run directory written by `ppl-vae train`")
+    p.add_argument("--out", required=True, metavar="FILE.png" if "PNG" in out_help else "DIR",
+                   help=out_help)
+    if split:
+        p.add_argument("--split", default="test", metavar="SPLIT",
+                       help="data split: train, valid or test (default)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("--device", default="cpu", metavar="DEV",
+                   help="torch device, e.g. cpu (default) or cuda")
+    if num is not None:
+        p.add_argument("-n", "--num", type=int, default=num, metavar="N",
+                       help=f"{num_help} (default {num})")
+    if json_flag:
+        p.add_argument("--json", action="store_true",
+                       help="print exactly one JSON object on stdout")
+
+
+def positive(value, flag: str) -> int:
+    from ppl_vae.errors import ConfigError
+
+    if value is None or int(value) < 1:
+        raise ConfigError(f"{flag} must be >= 1, got {value}")
+    return int(value)
+
+
+def load(args, run_dir=None):
+    """The run of ``--run`` on ``--device`` (model and guide in eval mode), seeded with
+    ``--seed``; :class:`ConfigError` for a missing directory."""
+    import pyro
+
+    from ppl_vae.commands.evaluate import _device
+    from ppl_vae.errors import ConfigError
+    from ppl_vae.runs import load_run
+
+    run_dir = Path(run_dir or args.run)
+    if not run_dir.exists():
+        raise ConfigError(f"--run {run_dir}: no such run directory")
+    device = _device(args.device)
+    r = load_run(run_dir, map_location=str(device))
+    r.model.to(device)
+    r.guide.to(device)
+    pyro.set_rng_seed(args.seed)
+    return r, device
+
+
+def data(r, args, device):
+    """The ``--split`` of the run's data set, as the likelihood sees it at evaluation."""
+    return r.split(args.split).to(device)
+
+
+def check_index(i: int, n: int, flag: str = "--index") -> int:
+    from ppl_vae.errors import ConfigError
+
+    if not -n <= int(i) < n:
+        raise ConfigError(f"{flag} {i} is out of range: the split has {n} data points "
+                          f"(0..{n - 1})")
+    return int(i) % n
+
+
+def int_list(text: str, flag: str) -> list[int]:
+    from ppl_vae.errors import ConfigError
+
+    try:
+        out = [int(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ConfigError(f"{flag} must be a comma-separated list of integers, got {text!r}")
+    if not out:
+        raise ConfigError(f"{flag} needs at least one integer")
+    return out
+
+
+def float_list(text: str, flag: str) -> list[float]:
+    from ppl_vae.errors import ConfigError
+
+    try:
+        out = [float(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ConfigError(f"{flag} must be a comma-separated list of numbers, got {text!r}")
+    if not out:
+        raise ConfigError(f"{flag} needs at least one number")
+    return out
+
+
+def clean(value):
+    """JSON-safe values: NaN/inf -> None, tensors/numpy -> Python, recursively."""
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return clean(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def emit_json(obj: dict) -> None:
+    print(json.dumps(clean(obj)))
+
+
+def out_png(path) -> Path:
+    from ppl_vae.errors import ConfigError
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--out {path}: give a .png file name")
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a directory; give a .png file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
