@@ -197,4 +197,5 @@ def test_iaf_importance_sampling_is_a_bound_above_the_elbo():
     assert (res.log_likelihood > res.log_weight_mean).all()  # L_K >= ELBO, strictly for q != p
     # the naive estimator (no guide) estimates the same log p(x) in 3 latent dims
     naive = ppl_vae.naive_monte_carlo(model, x, 20000)
-    assert torch.allclose(res.log_likelihood, naive.log_likelihood, atol=0.1)
+    se = (res.stderr**2 + naive.stderr**2).sqrt()  # each estimate's delta-method error
+    assert ((res.log_likelihood - naive.log_likelihood).abs() < 4 * se + 0.02).all()

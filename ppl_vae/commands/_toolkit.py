@@ -5,7 +5,6 @@ manifold, attribute, impute, posterior, embed): ``--run``, ``--out``, ``--split`
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 
@@ -42,14 +41,14 @@ def load(args, run_dir=None):
     ``--seed``; :class:`ConfigError` for a missing directory."""
     import pyro
 
-    from ppl_vae.commands.evaluate import _device
     from ppl_vae.errors import ConfigError
+    from ppl_vae.reporting import resolve_device
     from ppl_vae.runs import load_run
 
     run_dir = Path(run_dir or args.run)
     if not run_dir.exists():
         raise ConfigError(f"--run {run_dir}: no such run directory")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     r = load_run(run_dir, map_location=str(device))
     r.model.to(device)
     r.guide.to(device)
@@ -95,21 +94,11 @@ def float_list(text: str, flag: str) -> list[float]:
     return out
 
 
-def clean(value):
-    """JSON-safe values: NaN/inf -> None, tensors/numpy -> Python, recursively."""
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return clean(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def emit_json(obj: dict) -> None:
-    print(json.dumps(clean(obj)))
+    """Exactly one JSON object on stdout (NaN/inf as null, tensors as lists)."""
+    from ppl_vae.reporting import json_safe
+
+    print(json.dumps(json_safe(obj), allow_nan=False))
 
 
 def out_png(path) -> Path:
