@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ppl_vae.commands import add_checkpoint_argument
+
 from pathlib import Path
 
 NAME = "sample"
@@ -10,6 +12,7 @@ HELP = "decode prior samples, reconstructions and latent interpolations of a tra
 
 def add_arguments(p):
     p.add_argument("--run", required=True, help="run directory written by `ppl-vae train`")
+    add_checkpoint_argument(p)
     p.add_argument("-n", "--num", type=int, default=64, help="number of prior samples")
     p.add_argument("--out", default=None, help="output directory (default: the run directory)")
     p.add_argument("--seed", type=int, default=0)
@@ -26,7 +29,7 @@ def run(args) -> int:
 
     if args.num < 1:
         raise ConfigError(f"--num must be >= 1, got {args.num}")
-    r = load_run(args.run)
+    r = load_run(args.run, checkpoint=args.checkpoint)
     out = Path(args.out or args.run)
     out.mkdir(parents=True, exist_ok=True)
     shape = r.dataset.image_shape
