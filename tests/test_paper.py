@@ -51,14 +51,20 @@ def test_bad_adam_betas_are_a_config_error(bad):
 def test_schedule_and_adam_options_reach_the_optimizer(tiny_digits, tmp_path):
     """The optimizer state saved after epoch e holds the lr of epoch e (0-based e - 1), and the
     Adam eps/betas given on the command line; a resumed run continues on the schedule."""
-    assert main(["train", "--data", "digits", "--latent-dim", "3", "--hidden", "16",
-                 "--batch-size", "400", "--epochs", "4", "--schedule", "burda",
-                 "--adam-eps", "1e-4", "--adam-betas", "0.8,0.99", "--out", str(tmp_path),
-                 "--no-progress"]) == 0
+    from ppl_vae.cli import build_parser
+    from ppl_vae.commands.train import overrides_from
+
+    args = build_parser().parse_args([
+        "train", "--data", "digits", "--latent-dim", "3", "--hidden", "16", "--batch-size",
+        "100", "--epochs", "4", "--schedule", "burda", "--adam-eps", "1e-4", "--adam-betas",
+        "0.8,0.99", "--patience", "7", "--out", str(tmp_path)])
+    over = overrides_from(args)
+    assert over["adam_eps"] == 1e-4 and over["adam_betas"] == "0.8,0.99" and over["patience"] == 7
+    train(out=tmp_path, dataset=tiny_digits, progress=False, plots=False, **over)
     groups = load_checkpoint(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"]
     assert all(g["lr"] == pytest.approx(1e-3 * 10 ** (-1 / 7)) for g in groups)  # epoch 4: i=1
     assert all(g["eps"] == 1e-4 and tuple(g["betas"]) == (0.8, 0.99) for g in groups)
-    train(out=tmp_path, resume=True, epochs=5, progress=False, plots=False)
+    train(out=tmp_path, resume=True, epochs=5, dataset=tiny_digits, progress=False, plots=False)
     groups = load_checkpoint(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"]
     assert all(g["lr"] == pytest.approx(1e-3 * 10 ** (-2 / 7)) for g in groups)  # epoch 5: i=2
 
@@ -165,3 +171,143 @@ def test_mnist_dynamic_without_the_files_is_a_clear_error(tmp_path):
 
     with pytest.raises(DataError, match="mnist: not found under"):
         load_dataset("mnist-dynamic", root=tmp_path, download=False)
+
+
+# -- wake-sleep --------------------------------------------------------------------------------
+A_TRUE, B_TRUE, S_TRUE = 2.0, 1.0, 0.5
+
+
+def lg_model(x=None, num_data=None, batch_size=None):
+    """z ~ N(0, 1), x | z ~ N(a z + b, s^2), scalars; a, b learnable."""
+    import pyro
+    import pyro.distributions as dist
+
+    a = pyro.param("a", torch.tensor(A_TRUE))
+    b = pyro.param("b", torch.tensor(B_TRUE))
+    n = x.shape[0] if x is not None else batch_size
+    with pyro.plate("data", n, subsample_size=n if num_data is None else None):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        return pyro.sample("x", dist.Normal(a * z + b, S_TRUE), obs=x)
+
+
+def lg_guide(x, num_data=None, batch_size=None):
+    """q(z | x) = N(c x + d, e^2), e = exp(log_e)."""
+    import pyro
+    import pyro.distributions as dist
+
+    c, d = pyro.param("c", torch.tensor(0.3)), pyro.param("d", torch.tensor(-0.2))
+    log_e = pyro.param("log_e", torch.tensor(-0.5))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(c * x + d, log_e.exp()))
+
+
+def test_wake_sleep_gradients_match_the_closed_form():
+    """Sleep-phi: -E_p[grad_phi log q(z|x)] over dreams (z, x) ~ p, in closed form for the
+    linear-Gaussian pair; wake-theta: -E_q[grad_theta log p(x, z)] at fixed x."""
+    import pyro
+
+    from ppl_vae.objectives import make_objective
+
+    n = 40000
+    x = A_TRUE * torch.randn(n) + B_TRUE + S_TRUE * torch.randn(n)
+    obj = make_objective("ws")
+    assert obj.can_infer_discrete
+    obj.loss_and_grads(lg_model, lg_guide, x)
+    grad = {k: pyro.param(k).unconstrained().grad / n for k in ("a", "b", "c", "d", "log_e")}
+    a, b, s, c, d, e = A_TRUE, B_TRUE, S_TRUE, 0.3, -0.2, math.exp(-0.5)
+    # sleep-phi, expectations under the model's joint: E z = 0, E x = b, E zx = a,
+    # E x^2 = a^2 + s^2 + b^2, E (z - c x - d)^2 = (1 - c a)^2 + c^2 s^2 + (c b + d)^2
+    sleep = {"d": -(0 - c * b - d) / e**2,
+             "c": -(a - c * (a * a + s * s + b * b) - d * b) / e**2,
+             "log_e": -(-1 + ((1 - c * a) ** 2 + c * c * s * s + (c * b + d) ** 2) / e**2)}
+    for k, v in sleep.items():
+        assert grad[k].item() == pytest.approx(v, abs=0.05 * max(1.0, abs(v))), k
+    # wake-theta, z ~ q(z|x): E[(x - a z - b)/s^2] and E[(x - a z - b) z / s^2]
+    m = c * x + d
+    wake_b = -((x - a * m - b) / s**2).mean()
+    wake_a = -(((x - b) * m - a * (m * m + e * e)) / s**2).mean()
+    assert grad["b"].item() == pytest.approx(wake_b.item(), abs=0.05 * max(1, abs(wake_b)))
+    assert grad["a"].item() == pytest.approx(wake_a.item(), abs=0.05 * max(1, abs(wake_a)))
+    # and the reported loss is the -ELBO, whose exact value is available here
+    elbo_loss = obj.loss(lg_model, lg_guide, x) / n
+    assert math.isfinite(elbo_loss)
+
+
+def test_wake_sleep_trains_a_vae(tiny_digits):
+    res = train(TrainConfig(**{**CFG, "lr": 1e-2}, objective="ws", epochs=4),
+                dataset=tiny_digits, progress=False, plots=False)
+    assert res.metrics.valid_elbo.iloc[-1] > res.metrics.valid_elbo.iloc[0] + 1.0
+
+
+# -- Monte Carlo EM ----------------------------------------------------------------------------
+def test_mcem_moves_theta_towards_the_maximum_likelihood_value():
+    """x ~ N(b, a^2 + s^2) marginally, s fixed: the MLE is b = mean(x), a^2 = var(x) - s^2."""
+    import pyro
+
+    from ppl_vae.mcem import MonteCarloEM
+
+    torch.manual_seed(0)
+    n = 100
+    x = A_TRUE * torch.randn(n) + B_TRUE + S_TRUE * torch.randn(n)
+    b_mle, a2_mle = x.mean().item(), x.var(unbiased=False).item() - S_TRUE**2
+    pyro.clear_param_store()
+    pyro.param("a", torch.tensor(0.5))
+    pyro.param("b", torch.tensor(-1.0))
+    em = MonteCarloEM(lg_model, num_data=n, lr=0.1, m_steps=5, num_leapfrog=10, warmup=3)
+
+    def gap():
+        a, b = pyro.param("a").item(), pyro.param("b").item()
+        return abs(b - b_mle), abs(a * a - a2_mle)
+
+    before = gap()
+    for _ in range(20):
+        em.step(x, torch.arange(n))
+    after = gap()
+    assert after[0] < 0.5 * before[0] and after[1] < 0.5 * before[1], (before, after)
+    assert em.seen.all() and em.state["z"].shape == (n,)
+
+
+# -- the benchmarks' smoke modes ---------------------------------------------------------------
+def _benchmark(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_paper_table_smoke_writes_table_csv_and_plot_and_resumes(tmp_path):
+    import pandas as pd
+
+    bench, doc = _benchmark("paper_table"), tmp_path / "table.md"
+    argv = ["--smoke", "--rows", "vae-1l,iwae-5-2l", "--out", str(tmp_path / "out"), "--doc",
+            str(doc), "--no-progress"]
+    assert bench.main(argv) == 0
+    df = pd.read_csv(tmp_path / "out" / "paper_table.csv")
+    assert df.row.tolist() == ["vae-1l", "iwae-5-2l"] and (df.epochs == 2).all()
+    assert (df.test_nll > 0).all() and (df.test_points == 50).all()
+    assert df.active_units.iloc[1].startswith("z1 ") and "z2 " in df.active_units.iloc[1]
+    assert (tmp_path / "out" / "nll_vs_epoch.png").stat().st_size > 1000
+    text = doc.read_text()
+    assert "88.71 (Burda k=1)" in text and "| iwae-5-2l |" in text
+    stamp = (tmp_path / "out" / "vae-1l" / "checkpoint.pt").stat().st_mtime_ns
+    assert bench.main(argv) == 0  # finished rows are not retrained
+    assert (tmp_path / "out" / "vae-1l" / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_kingma_welling_smoke_writes_both_figures(tmp_path):
+    import pandas as pd
+
+    bench = _benchmark("kingma_welling")
+    assert bench.main(["--smoke", "--latent-dims", "2", "--train-sizes", "100",
+                       "--out", str(tmp_path)]) == 0
+    fig2, fig3 = pd.read_csv(tmp_path / "figure2.csv"), pd.read_csv(tmp_path / "figure3.csv")
+    assert set(fig2.method) == {"AEVB", "wake-sleep"} and len(fig2) == 4
+    assert set(fig3.method) == {"AEVB", "wake-sleep", "MCEM"} and len(fig3) == 6
+    assert fig3.test_log_px.notna().all() and fig2.test_elbo.notna().all()
+    assert (fig3.points_seen == fig3.epoch * 100).all()
+    for png in ("figure2.png", "figure3.png"):
+        assert (tmp_path / png).stat().st_size > 1000
