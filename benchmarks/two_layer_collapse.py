@@ -14,6 +14,8 @@ config     change
 2L-td      top-down (ladder) guide
 2L-td-wu   top-down guide + warm-up
 2L-bu-iw5  objective iwae-5
+1L-hier    one layer, but built as HierarchicalVAE + TopDownGuide (L = 1): the
+           2-layer code path without the second layer
 ========== ==================================================================
 
 After every epoch: train/valid ELBO and active units per layer (Burda's criterion,
@@ -50,6 +52,7 @@ CONFIGS = {
     "1L": dict(latent_dims=(50,)),
     "2L-bu-lr3": dict(lr=3e-4),
     "2L-bu-iw5": dict(objective="iwae", particles=5),
+    "1L-hier": dict(latent_dims=(50,), guide="top-down"),
 }
 
 
