@@ -92,6 +92,7 @@ def _svi_curve(args, ds, latent, hidden, method, score) -> list[dict]:
         rows.append({"method": method, "latent": latent, "n_train": len(ds.train),
                      "epoch": epoch, "points_seen": epoch * len(ds.train),
                      "seconds": time.perf_counter() - t0, **score(res.model, res.guide, ds)})
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -131,11 +132,14 @@ def _mcem_curve(args, ds, latent, hidden) -> list[dict]:
         rows.append({"method": "MCEM", "latent": latent, "n_train": n, "epoch": epoch,
                      "points_seen": epoch * n, "seconds": time.perf_counter() - t0,
                      **_log_px(args)(model, None, ds)})
+        print(rows[-1], flush=True)
         model.train()
     return rows
 
 
 def _plot(df: pd.DataFrame, y: list[str], panel: str, path: Path, title: str) -> None:
+    from matplotlib.ticker import NullFormatter
+
     from ppl_vae.plots import plt, save_figure
 
     keys = sorted(df[panel].unique())
@@ -146,6 +150,7 @@ def _plot(df: pd.DataFrame, y: list[str], panel: str, path: Path, title: str) ->
             d = df[(df[panel] == key) & (df.method == method)]
             ax.plot(d.points_seen, d[col], style, label=f"{method} {col}")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{panel} = {key}")
         ax.set_xlabel("training points seen")
     axes[0][0].set_ylabel("nats per point")

@@ -136,8 +136,16 @@ class MonteCarloEM:
     def step(self, x, index) -> float:
         """One E-step and one M-step on the minibatch ``x`` (positions ``index``)."""
         index = torch.as_tensor(index, dtype=torch.long)
-        # A private param store: HMC's tracing of a PyroModule would otherwise leave its
-        # tensors in Pyro's global store, where a later model with the same names picks them up.
-        with pyro.get_param_store().scope(), pyro.validation_enabled(False):
-            z = self.e_step(x, index)
-            return self.m_step(x, z)
+        store = pyro.get_param_store()
+        before = set(store.keys())
+        try:
+            with pyro.validation_enabled(False):
+                z = self.e_step(x, index)
+                return self.m_step(x, z)
+        finally:
+            # An nn.Module model owns its weights; the copies HMC's tracing registers in Pyro's
+            # global store would be picked up by a later model with the same names: drop them.
+            # (A pyro.param model keeps its parameters in the store, where they belong.)
+            if isinstance(self.model, nn.Module):
+                for name in set(store.keys()) - before:
+                    del store[name]

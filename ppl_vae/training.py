@@ -298,7 +298,8 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
 
     ``out``: a run directory receiving ``checkpoint.pt`` (atomic, after every epoch: the last
     state, for resuming), ``best.pt`` (the same payload, rewritten whenever the validation ELBO
-    improves; ``best_epoch`` in both), ``metrics.csv``, ``config.json``, ``samples.png`` and ``reconstructions.png``.
+    improves; ``best_epoch`` in both), ``metrics.csv``, ``config.json``, ``samples.png`` and
+    ``reconstructions.png``.
     ``resume=True`` continues from ``out/checkpoint.pt`` (the checkpoint's config is used; an
     explicitly different architecture is an error; ``epochs`` may be raised).
     ``config.patience`` > 0 stops early (see :func:`_patience_exhausted`); ``config.schedule``

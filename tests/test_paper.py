@@ -311,3 +311,21 @@ def test_kingma_welling_smoke_writes_both_figures(tmp_path):
     assert (fig3.points_seen == fig3.epoch * 100).all()
     for png in ("figure2.png", "figure3.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_mcem_on_a_vae_trains_the_module_and_leaves_the_param_store_alone(tiny_digits):
+    """HMC's tracing registers a PyroModule's weights in Pyro's global store; MonteCarloEM
+    removes them, so a later model with the same names trains its own weights."""
+    import pyro
+
+    from ppl_vae.builders import build_model_and_guide
+    from ppl_vae.mcem import MonteCarloEM
+
+    model, _ = build_model_and_guide(TrainConfig(**CFG), tiny_digits.x_dim)
+    before = model.decoder[0].weight.detach().clone()
+    em = MonteCarloEM(model, num_data=200, warmup=2)
+    x = torch.bernoulli(tiny_digits.train[:50])
+    em.step(x, torch.arange(50))
+    assert len(pyro.get_param_store()) == 0
+    assert not torch.equal(model.decoder[0].weight, before)
+    assert em.state["z"].shape == (200, 3) and em.seen.sum() == 50
