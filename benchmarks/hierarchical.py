@@ -89,7 +89,7 @@ def _trained(run_dir: Path, config: dict, dataset, args):
     progress = not args.no_progress
     if not args.retrain and (run_dir / "checkpoint.pt").is_file():
         try:
-            run = load_run(run_dir, dataset=dataset)
+            run = load_run(run_dir, dataset=dataset, checkpoint="last")
         except CheckpointError:
             run = None
         wanted = TrainConfig.from_dict({**run.config.to_dict(), **config}) if run else None

@@ -24,6 +24,18 @@ def _int_tuple(value, name) -> tuple[int, ...]:
     return out
 
 
+def _betas(value) -> tuple[float, float]:
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"adam_betas must be two numbers B1,B2, got {value!r}")
+    if len(out) != 2 or not all(0.0 <= b < 1.0 for b in out):
+        raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {value!r}")
+    return out
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of a run. ``latent_dims`` has one entry per stochastic layer.
@@ -34,6 +46,11 @@ class TrainConfig:
     ``noise`` / ``noise_type``: the corruption of the denoising autoencoder (``model="dae"``):
     ``masking`` zeroes each input with probability ``noise`` (in [0, 1)), ``gaussian`` adds
     ``noise`` * N(0, 1) (``noise`` >= 0). ``flow_depth``: number of IAF steps of ``guide="iaf"``.
+    ``patience``: stop after this many epochs without a better validation ELBO (counted from the
+    end of the warm-up; 0 = never stop early). ``schedule``: the learning rate per epoch,
+    ``constant`` (``lr``) or ``burda`` (``lr * 10**(-i/7)`` for 3**i epochs, i = 0..7; Burda et
+    al. 2016; see :mod:`ppl_vae.schedules`). ``adam_eps``, ``adam_betas``: Adam's epsilon and
+    (beta1, beta2) (Burda et al. used eps = 1e-4).
     """
 
     data: str = "digits"
@@ -55,6 +72,10 @@ class TrainConfig:
     noise_type: str = "masking"
     flow_depth: int = 2
     options: dict = field(default_factory=dict)
+    patience: int = 0
+    schedule: str = "constant"
+    adam_eps: float = 1e-8
+    adam_betas: tuple[float, float] = (0.9, 0.999)
 
     def __post_init__(self):
         self.latent_dims = _int_tuple(self.latent_dims, "latent_dims")
@@ -88,6 +109,22 @@ class TrainConfig:
         if int(self.flow_depth) < 1:
             raise ConfigError(f"flow_depth must be >= 1, got {self.flow_depth}")
         self.flow_depth = int(self.flow_depth)
+        self._check_optimizer()
+
+    def _check_optimizer(self) -> None:
+        from .schedules import SCHEDULES, check_schedule
+
+        if int(self.patience) < 0:
+            raise ConfigError(f"patience must be >= 0, got {self.patience}")
+        self.patience = int(self.patience)
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of "
+                              f"{', '.join(SCHEDULES)}")
+        check_schedule(self.schedule, self.epochs)
+        if not float(self.adam_eps) > 0:
+            raise ConfigError(f"adam_eps must be > 0, got {self.adam_eps}")
+        self.adam_eps = float(self.adam_eps)
+        self.adam_betas = _betas(self.adam_betas)
 
     def likelihood_spec(self) -> dict:
         spec = {"name": self.likelihood}
@@ -98,6 +135,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["latent_dims"], d["hidden"] = list(self.latent_dims), list(self.hidden)
+        d["adam_betas"] = list(self.adam_betas)
         return d
 
     @classmethod

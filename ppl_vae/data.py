@@ -11,9 +11,12 @@ Sources (``load_dataset(spec)``):
     arrays ``train`` (50000x784), ``valid``, ``test`` (10000x784). Looked up at
     ``$PPL_VAE_BINARIZED_MNIST``, ``./binarized_mnist.npz``, ``../shared/data/binarized_mnist.npz``;
     or pass the path itself.
-``mnist`` / ``fashion-mnist``
+``mnist`` / ``mnist-dynamic`` / ``fashion-mnist``
     through ``torchvision.datasets`` (downloaded into ``root`` when missing and ``download=True``);
     grey values / 255; the last 10000 of the 60000 training images are the validation split.
+    ``mnist-dynamic`` is ``mnist`` under its name in the literature: under a Bernoulli likelihood
+    grey data are binarized dynamically (below), so it is the *dynamically* binarized MNIST of
+    Burda et al. (2016); any grey ``.npz``/``.npy`` of your own is treated the same way.
 a path to ``.npz``
     arrays ``train``, ``valid``, ``test`` (all three required), each (N, D) or (N, H, W).
 a path to ``.npy``
@@ -38,7 +41,7 @@ from .errors import DataError
 
 __all__ = ["Dataset", "load_dataset", "DATASETS", "find_binarized_mnist", "EVAL_BINARIZATION_SEED"]
 
-DATASETS = ("digits", "binarized-mnist", "mnist", "fashion-mnist")
+DATASETS = ("digits", "binarized-mnist", "mnist", "mnist-dynamic", "fashion-mnist")
 SPLITS = ("train", "valid", "test")
 EVAL_BINARIZATION_SEED = 1234
 
@@ -262,8 +265,8 @@ def load_dataset(spec: str = "digits", likelihood=None, root=None, download: boo
                 "an .npz with uint8 0/1 arrays 'train' (50000x784), 'valid', 'test'"
             )
         ds = _npz(path, "binarized-mnist")
-    elif spec in ("mnist", "fashion-mnist"):
-        ds = _torchvision(spec, root, download)
+    elif spec in ("mnist", "mnist-dynamic", "fashion-mnist"):
+        ds = _torchvision(spec.replace("-dynamic", ""), root, download)
     else:
         path = Path(spec).expanduser()
         if path.suffix not in (".npz", ".npy"):

@@ -28,6 +28,9 @@ kl``)
                 Sleep``
 ``stl``         ``STL_ELBO``      sticking the landing (Roeder et al. 2017)
 ``dreg-K``      ``DReG_ELBO``     doubly-reparameterized IWAE gradient (Tucker et al. 2018)
+``ws``          ``WakeSleep``     wake-sleep: wake-theta on z ~ q(z|x), sleep-phi on dreams
+(``wake-                          (z, x) ~ p (Hinton et al. 1995)
+sleep``)
 =============== ================= ==================================================================
 
 What an objective can do is a property of its ELBO class, read by :func:`can_infer_discrete`
@@ -54,6 +57,7 @@ from .infer.dreg_elbo import DReG_ELBO
 from .infer.iwae_elbo import IWAE_ELBO
 from .infer.rws import ReweightedWakeSleep
 from .infer.stl_elbo import STL_ELBO
+from .infer.wake_sleep import WakeSleep
 
 __all__ = [
     "Objective",
@@ -346,3 +350,11 @@ def _stl(num_particles, vectorize_particles):
                     takes_k=True)
 def _dreg(num_particles, vectorize_particles):
     return Objective("dreg", DReG_ELBO(**elbo_options(num_particles, vectorize_particles)))
+
+
+@register_objective("ws", WakeSleep,
+                    "wake-sleep: wake-theta ascends log p(x,z), z ~ q(z|x); sleep-phi ascends "
+                    "log q(z|x) on dreams (z,x) ~ p (Hinton et al. 1995)",
+                    aliases=("wake-sleep",), compare=False)
+def _ws(num_particles, vectorize_particles, observed: str = "x"):
+    return Objective("ws", WakeSleep(num_particles=num_particles, observed=observed))

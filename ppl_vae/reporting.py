@@ -12,7 +12,7 @@ import torch
 from .checkpoint import atomic_write_bytes
 from .errors import ConfigError
 
-__all__ = ["append_csv", "json_safe", "peak_rss_mb", "resolve_device"]
+__all__ = ["append_csv", "json_safe", "markdown_table", "peak_rss_mb", "resolve_device"]
 
 
 def append_csv(path, row: dict, columns=()) -> None:
@@ -64,3 +64,19 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda requested but CUDA is not available")
     return device
+
+
+def markdown_table(df, floatfmt: str = ".2f") -> str:
+    """A GitHub markdown table of a DataFrame (no extra dependency; NaN prints as an empty cell)."""
+    import math
+
+    def cell(v):
+        if isinstance(v, float):
+            return "" if math.isnan(v) else format(v, floatfmt)
+        return str(v)
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |",
+             "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
+              for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"

@@ -11,9 +11,9 @@ from .builders import build_model_and_guide
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .data import Dataset, load_dataset
-from .errors import CheckpointError, PplVaeError
+from .errors import CheckpointError, ConfigError, PplVaeError
 
-__all__ = ["Run", "load_run"]
+__all__ = ["Run", "load_run", "checkpoint_path", "CHECKPOINTS"]
 
 
 @dataclass
@@ -38,12 +38,33 @@ class Run:
         return self.dataset.split_for(name, getattr(self.model, "likelihood", None))
 
 
-def load_run(run_dir, map_location="cpu", dataset: Dataset | None = None) -> Run:
-    """Rebuild model and guide from ``run_dir/checkpoint.pt`` alone (no other flags needed)."""
-    from .training import CHECKPOINT_NAME, load_state
+CHECKPOINTS = ("best", "last")
 
+
+def checkpoint_path(run_dir, checkpoint: str = "best") -> Path:
+    """The checkpoint file of a run: ``best`` is ``best.pt`` (the epoch with the best validation
+    ELBO) where the run has one, else ``checkpoint.pt``; ``last`` is ``checkpoint.pt``. A path
+    to a file is returned as it is."""
+    from .training import BEST_NAME, CHECKPOINT_NAME
+
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     run_dir = Path(run_dir)
-    path = run_dir / CHECKPOINT_NAME if run_dir.is_dir() else run_dir
+    if not run_dir.is_dir():
+        return run_dir
+    if checkpoint == "best" and (run_dir / BEST_NAME).is_file():
+        return run_dir / BEST_NAME
+    return run_dir / CHECKPOINT_NAME
+
+
+def load_run(run_dir, map_location="cpu", dataset: Dataset | None = None,
+             checkpoint: str = "best") -> Run:
+    """Rebuild model and guide from one checkpoint of ``run_dir`` alone (no other flags needed):
+    ``checkpoint="best"`` (default; ``best.pt`` where it exists, else ``checkpoint.pt``) or
+    ``"last"`` (``checkpoint.pt``); see :func:`checkpoint_path`."""
+    from .training import load_state
+
+    path = checkpoint_path(run_dir, checkpoint)
     payload = load_checkpoint(path, map_location=map_location)
     try:
         config = TrainConfig.from_dict(payload["config"])

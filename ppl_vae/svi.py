@@ -111,8 +111,18 @@ class SVI:
             if self._pending_state is not None:
                 self.optimizer.load_state_dict(self._pending_state)
                 self._pending_state = None
+                self.set_lr(self.optim_args["lr"])  # the current rate, not the saved one
         else:
             self.optimizer.add_param_group({"params": new})
+
+    def set_lr(self, lr: float) -> None:
+        """Use learning rate ``lr`` from the next step on (every parameter group, and groups
+        added later)."""
+        self.optim_args["lr"] = float(lr)
+        if self.optimizer is not None:
+            self.optimizer.defaults["lr"] = float(lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] = float(lr)
 
     def parameters(self) -> list[torch.Tensor]:
         """Every tensor this SVI updates (known after the first step)."""

@@ -45,14 +45,17 @@ from .data import Dataset, load_dataset
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .handlers import ScaleLatents
 from .objectives import make_objective
+from .schedules import learning_rate
 from .svi import SVI
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["train", "TrainResult", "build_objective", "estimate_elbo", "CHECKPOINT_NAME"]
+__all__ = ["train", "TrainResult", "build_objective", "estimate_elbo", "CHECKPOINT_NAME",
+           "BEST_NAME", "best_epoch"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+BEST_NAME = "best.pt"
 METRICS_NAME = "metrics.csv"
 
 
@@ -65,6 +68,8 @@ class TrainResult:
     dataset: Dataset
     run_dir: Path | None
     interrupted: bool = False
+    best_epoch: int | None = None
+    stopped_early: bool = False
 
 
 def _raise_interrupt(signum, frame):
@@ -105,7 +110,9 @@ def _write_metrics(rows: list[dict], path: Path):
 
 def _payload(config, model, guide, svi, epochs_done, metrics, elapsed, x_dim,
              interrupted=False):
+    best = best_epoch(metrics)
     return {
+        "best_epoch": 0 if best is None else best,
         "config": config.to_dict(),
         "x_dim": int(x_dim),
         "model": model.state_dict(),
@@ -220,7 +227,8 @@ def _setup(config: TrainConfig, dataset: Dataset, device) -> _Loop:
         module.to(device)
     anneal = ScaleLatents(1.0) if config.kl_warmup_epochs > 0 else None
     step_model, step_guide = (anneal(model), anneal(guide)) if anneal else (model, guide)
-    svi = SVI(step_model, step_guide, objective, lr=config.lr, modules=(model, guide))
+    svi = SVI(step_model, step_guide, objective, lr=config.lr, modules=(model, guide),
+              eps=config.adam_eps, betas=tuple(config.adam_betas))
     likelihood = getattr(model, "likelihood", None)
     x_train = dataset.train.to(device)
     # grey data under a Bernoulli likelihood: a fresh binarization each minibatch
@@ -285,9 +293,11 @@ def _validate(loop: _Loop, epoch: int) -> float:
 def _save(loop: _Loop, run_dir, epochs_done, metrics, elapsed, interrupted=False) -> None:
     if run_dir is None or not distributed.is_main():
         return
-    save_checkpoint(run_dir / CHECKPOINT_NAME,
-                    _payload(loop.config, loop.model, loop.guide, loop.svi, epochs_done, metrics,
-                             elapsed, loop.dataset.x_dim, interrupted))
+    payload = _payload(loop.config, loop.model, loop.guide, loop.svi, epochs_done, metrics,
+                       elapsed, loop.dataset.x_dim, interrupted)
+    save_checkpoint(run_dir / CHECKPOINT_NAME, payload)
+    if not interrupted and metrics and payload["best_epoch"] == metrics[-1]["epoch"]:
+        save_checkpoint(run_dir / BEST_NAME, payload)  # this epoch has the best valid ELBO
     _write_metrics(metrics, run_dir / METRICS_NAME)
 
 
@@ -320,15 +330,44 @@ def _start(config, overrides, resume, run_dir, dataset, device):
             float(payload.get("elapsed", 0.0)))
 
 
+def best_epoch(metrics) -> int | None:
+    """The (1-based) epoch with the highest validation ELBO (the first of ties), or None."""
+    best = None
+    for row in metrics:
+        v = row["valid_elbo"]
+        if math.isfinite(v) and (best is None or v > best[1]):
+            best = (int(row["epoch"]), v)
+    return None if best is None else best[0]
+
+
+def _patience_exhausted(config: TrainConfig, metrics) -> bool:
+    """Early stopping: ``patience`` epochs without a better validation ELBO, counted from the
+    later of the best epoch and the end of the KL warm-up (the bound is still moving then)."""
+    best = best_epoch(metrics)
+    if config.patience <= 0 or best is None:
+        return False
+    since = int(metrics[-1]["epoch"]) - max(best, config.kl_warmup_epochs)
+    return since >= config.patience
+
+
+def _set_epoch_lr(loop: _Loop, epoch: int) -> None:
+    """The learning rate of ``epoch`` under ``config.schedule`` (see :mod:`ppl_vae.schedules`)."""
+    loop.svi.set_lr(learning_rate(loop.config.schedule, epoch, loop.config.lr))
+
+
 def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = False,
           progress: bool = True, dataset: Dataset | None = None, plots: bool = True,
           device="cpu", **overrides) -> TrainResult:
     """Train the model/guide pair described by ``config`` (keyword ``overrides`` win).
 
-    ``out``: a run directory receiving ``checkpoint.pt`` (atomic, after every epoch),
-    ``metrics.csv``, ``config.json``, ``samples.png`` and ``reconstructions.png``.
+    ``out``: a run directory receiving ``checkpoint.pt`` (atomic, after every epoch: the last
+    state, for resuming), ``best.pt`` (the same payload, rewritten whenever the validation ELBO
+    improves; ``best_epoch`` in both), ``metrics.csv``, ``config.json``, ``samples.png`` and
+    ``reconstructions.png``.
     ``resume=True`` continues from ``out/checkpoint.pt`` (the checkpoint's config is used; an
     explicitly different architecture is an error; ``epochs`` may be raised).
+    ``config.patience`` > 0 stops early (see :func:`_patience_exhausted`); ``config.schedule``
+    sets the learning rate of each epoch; ``config.adam_eps``/``adam_betas`` go to Adam.
 
     On a NaN/inf loss, raises :class:`TrainingDivergedError` naming the epoch and step; the last
     checkpoint (end of the last good epoch) is left untouched. On Ctrl-C or SIGTERM, saves a
@@ -352,13 +391,17 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
     bar = tqdm(total=(config.epochs - start_epoch) * loop.steps_per_epoch,
                disable=not (progress and main), desc="train", unit="step", dynamic_ncols=True,
                leave=True)
-    epoch = start_epoch
+    epoch, stopped_early = start_epoch, False
     # SIGTERM (a scheduler or `kill`) is handled like Ctrl-C: save, then stop.
     in_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
     try:
         for epoch in range(start_epoch, config.epochs):
             distributed.failure_test_hook(epoch + 1)
+            if _patience_exhausted(config, metrics):
+                stopped_early = True
+                break
+            _set_epoch_lr(loop, epoch)
             t0 = time.perf_counter()
             train_elbo = _train_epoch(loop, epoch, bar, metrics, ckpt_path)
             valid_elbo = _validate(loop, epoch)
@@ -389,4 +432,5 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
     if run_dir is not None and main:
         if plots:
             _plots(loop.model, loop.guide, dataset, run_dir, config.seed)
-    return TrainResult(loop.model, loop.guide, config, df, dataset, run_dir)
+    return TrainResult(loop.model, loop.guide, config, df, dataset, run_dir,
+                       best_epoch=best_epoch(metrics), stopped_early=stopped_early)

@@ -131,7 +131,7 @@ def test_corrupt_checkpoint_gives_clear_error(tiny_digits, tmp_path, damage):
         torch.save({"weights": torch.ones(3)}, path)
     expected = "not a ppl_vae checkpoint" if damage == "not-ours" else "corrupt or truncated"
     with pytest.raises(CheckpointError, match=expected):
-        ppl_vae.load_run(tmp_path)
+        ppl_vae.load_run(tmp_path, checkpoint="last")
     with pytest.raises(CheckpointError):
         train(out=tmp_path, resume=True, dataset=tiny_digits, progress=False)
 
@@ -143,7 +143,7 @@ def test_checkpoint_weights_that_do_not_fit_the_config(tiny_digits, tmp_path):
     save_checkpoint(tmp_path / "checkpoint.pt", {k: v for k, v in ck.items()
                                                  if k not in ("format", "version")})
     with pytest.raises(CheckpointError, match="do not fit the architecture"):
-        ppl_vae.load_run(tmp_path)
+        ppl_vae.load_run(tmp_path, checkpoint="last")
 
 
 def test_load_run_rebuilds_everything_from_the_checkpoint(tiny_digits, tmp_path):

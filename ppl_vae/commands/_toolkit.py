@@ -10,8 +10,11 @@ from pathlib import Path
 
 def add_common(p, *, out_help="output PNG file", split=True, json_flag=False, num=None,
                num_help="number of images"):
+    from ppl_vae.commands import add_checkpoint_argument
+
     p.add_argument("--run", required=True, metavar="DIR",
                    help="run directory written by `ppl-vae train`")
+    add_checkpoint_argument(p)
     p.add_argument("--out", required=True, metavar="FILE.png" if "PNG" in out_help else "DIR",
                    help=out_help)
     if split:
@@ -49,7 +52,7 @@ def load(args, run_dir=None):
     if not run_dir.exists():
         raise ConfigError(f"--run {run_dir}: no such run directory")
     device = resolve_device(args.device)
-    r = load_run(run_dir, map_location=str(device))
+    r = load_run(run_dir, map_location=str(device), checkpoint=args.checkpoint)
     r.model.to(device)
     r.guide.to(device)
     pyro.set_rng_seed(args.seed)

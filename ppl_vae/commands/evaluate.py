@@ -11,6 +11,8 @@ and rank 0 writes exactly what a single process writes.
 
 from __future__ import annotations
 
+from ppl_vae.commands import add_checkpoint_argument
+
 import json
 import math
 import sys
@@ -27,6 +29,7 @@ CSV_COLUMNS = (
     "pareto_k_mean", "num_unreliable", "pareto_k_threshold", "log_weight_var_mean", "seconds",
     "seed", "limit", "device", "peak_rss_mb", "cuda_peak_mb",
     "num_steps", "num_leapfrog", "init", "schedule", "acceptance_rate", "step_size",
+    "checkpoint", "epochs_done",
 )
 
 
@@ -35,6 +38,7 @@ def add_arguments(p):
 
     p.add_argument("--run", required=True, metavar="DIR",
                    help="run directory written by `ppl-vae train`")
+    add_checkpoint_argument(p)
     p.add_argument("--estimator", required=True, choices=tuple(ESTIMATORS),
                    help="; ".join(f"{k}: {v}" for k, v in ESTIMATORS.items()))
     p.add_argument("--samples", "-k", type=int, required=True, metavar="K",
@@ -125,7 +129,7 @@ def run(args) -> int:
     _check_args(args)
     device = resolve_device(args.device)
     run_dir = Path(args.run)
-    r = load_run(run_dir, map_location=str(device))
+    r = load_run(run_dir, map_location=str(device), checkpoint=args.checkpoint)
     r.model.to(device), r.guide.to(device)
     x = r.split(args.split)
     if args.limit is not None:
@@ -141,7 +145,8 @@ def run(args) -> int:
     summary = result.summary()
     row = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "run": str(run_dir),
            "split": args.split, **summary, "seed": args.seed, "limit": args.limit,
-           "device": str(device), "peak_rss_mb": round(peak_rss_mb(), 1)}
+           "device": str(device), "peak_rss_mb": round(peak_rss_mb(), 1),
+           "checkpoint": args.checkpoint, "epochs_done": int(r.checkpoint.get("epochs_done", 0))}
     if device.type == "cuda":
         row["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     if args.estimator != "ais":
@@ -167,7 +172,8 @@ def _fmt(v, spec=".3f"):
 
 
 def _print_human(row: dict, warning, csv_path) -> None:
-    print(f"run {row['run']}  split {row['split']}  n={row['n']}  D={row['num_dims']}")
+    print(f"run {row['run']}  split {row['split']}  n={row['n']}  D={row['num_dims']}  "
+          f"checkpoint {row['checkpoint']} (epoch {row['epochs_done']})")
     extra = ""
     if row["estimator"] == "ais":
         extra = (f"  (T={row['num_steps']}, {row['num_leapfrog']} leapfrog, init {row['init']}, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ppl_vae.commands import add_checkpoint_argument
+
 import json
 import math
 
@@ -16,6 +18,7 @@ def add_arguments(p):
     default = ",".join(comparison_objectives())
     p.add_argument("--run", required=True, metavar="DIR",
                    help="run directory written by `ppl-vae train`")
+    add_checkpoint_argument(p)
     p.add_argument("--objectives", default=default, metavar="LIST",
                    help=f"comma-separated registered objectives (default {default})")
     p.add_argument("--draws", type=int, default=100, metavar="G",
@@ -68,7 +71,7 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
-    run_ = load_run(args.run, map_location=str(device))
+    run_ = load_run(args.run, map_location=str(device), checkpoint=args.checkpoint)
     data = run_.split(args.split)
     gen = torch.Generator().manual_seed(args.seed)
     x = data[torch.randperm(data.shape[0], generator=gen)[: args.batch_size]].to(device)

@@ -39,6 +39,12 @@ FLAGS = {
     "--epochs": ("epochs", int, "number of epochs (default 30)"),
     "--seed": ("seed", int, "random seed (default 0): same seed, same numbers"),
     "--kl-warmup": ("kl_warmup_epochs", int, "anneal the KL weight from 0 to 1 over N epochs"),
+    "--patience": ("patience", int, "stop after N epochs without a better validation ELBO "
+                   "(after the warm-up; default 0 = off); best.pt keeps the best epoch"),
+    "--schedule": ("schedule", str, "learning rate per epoch: constant (default) or burda "
+                   "(lr*10^(-i/7) for 3^i epochs, i=0..7, 3280 epochs; --epochs caps it)"),
+    "--adam-eps": ("adam_eps", float, "Adam epsilon (default 1e-8; Burda et al. used 1e-4)"),
+    "--adam-betas": ("adam_betas", str, "Adam B1,B2 (default 0.9,0.999)"),
 }
 
 
@@ -90,11 +96,15 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(json_safe({**last.to_dict(), "seconds_total":
                                     float(result.metrics.seconds.sum()), "run": str(out),
-                                    "active_units": units.counts, "latent_dims": units.dims}),
+                                    "active_units": units.counts, "latent_dims": units.dims,
+                                    "best_epoch": result.best_epoch,
+                                    "stopped_early": result.stopped_early}),
                          allow_nan=False))
         return 0
     print(f"epoch {int(last.epoch)}: train ELBO {last.train_elbo:.3f}, "
           f"valid ELBO {last.valid_elbo:.3f} nats/point; "
           f"total {result.metrics.seconds.sum():.1f} s; run in {out}")
+    print(f"best valid ELBO at epoch {result.best_epoch} (best.pt)"
+          + ("; stopped early (patience)" if result.stopped_early else ""))
     print(f"{units.summary()} on the validation split; see {out / 'active_units.csv'}")
     return 0

@@ -9,7 +9,8 @@ One estimator per module, like ``pyro/infer/*.py``:
 * :mod:`~ppl_vae.infer.stl_elbo` — :class:`STL_ELBO` (Roeder et al. 2017);
 * :mod:`~ppl_vae.infer.iwae_elbo` — :class:`IWAE_ELBO` (Burda et al. 2016; minibatch-correct);
 * :mod:`~ppl_vae.infer.dreg_elbo` — :class:`DReG_ELBO` (Tucker et al. 2018);
-* :mod:`~ppl_vae.infer.rws` — :class:`ReweightedWakeSleep` (Bornschein & Bengio 2015).
+* :mod:`~ppl_vae.infer.rws` — :class:`ReweightedWakeSleep` (Bornschein & Bengio 2015);
+* :mod:`~ppl_vae.infer.wake_sleep` — :class:`WakeSleep` (Hinton et al. 1995).
 """
 
 from .baselines import (
@@ -23,6 +24,7 @@ from .iwae_elbo import IWAE_ELBO
 from .no_reparam import NonReparameterized, NoReparamMessenger, no_reparam
 from .rws import ReweightedWakeSleep
 from .stl_elbo import STL_ELBO
+from .wake_sleep import WakeSleep
 
 __all__ = [
     "AverageBaselineTraceGraph_ELBO",
@@ -34,6 +36,7 @@ __all__ = [
     "NonReparameterized",
     "ReweightedWakeSleep",
     "STL_ELBO",
+    "WakeSleep",
     "no_reparam",
     "score_function_guide",
 ]

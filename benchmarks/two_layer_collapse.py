@@ -1,0 +1,121 @@
+"""Why does z2 of the 2-layer VAE collapse? A reduced-size factor sweep (issue 10, item 2).
+
+Burda et al.'s (2016) architecture (tanh, 784-200-200-z1(100) -100-100- z2(50)) on a subset of
+statically binarized MNIST; each config changes *one* factor against the baseline ``2L-bu``
+(bottom-up guide, no warm-up, Adam lr 1e-3, ``trace``):
+
+========== ==================================================================
+config     change
+========== ==================================================================
+1L         one stochastic layer z(50): the reference
+2L-bu      baseline
+2L-bu-wu   KL warm-up over the first half of the epochs
+2L-bu-lr3  Adam lr 3e-4
+2L-td      top-down (ladder) guide
+2L-td-wu   top-down guide + warm-up
+2L-bu-iw5  objective iwae-5
+1L-hier    one layer, but built as HierarchicalVAE + TopDownGuide (L = 1): the
+           2-layer code path without the second layer
+========== ==================================================================
+
+After every epoch: train/valid ELBO and active units per layer (Burda's criterion,
+Cov_x E_q[z_u|x] > 0.01, on the valid subset); at the end the IS estimate of log p(x) on the test
+subset. Writes ``OUT/trajectory.csv`` (config, epoch, ...) and ``OUT/results.md``. Finished
+configs are skipped on a re-run (their rows are read back), so the sweep is resumable.
+
+    python benchmarks/two_layer_collapse.py --train-points 20000 --epochs 30 --out /tmp/collapse
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import ppl_vae  # noqa: F401
+from ppl_vae.active_units import active_units
+from ppl_vae.data import Dataset, load_dataset
+from ppl_vae.marginal import importance_sampling
+from ppl_vae.reporting import markdown_table
+from ppl_vae.training import train
+
+BASE = dict(latent_dims=(100, 50), hidden=(200, 200), activation="tanh", likelihood="bernoulli",
+            batch_size=100, lr=1e-3, guide="bottom-up", objective="trace")
+CONFIGS = {
+    "2L-bu": {},
+    "2L-td": dict(guide="top-down"),
+    "2L-bu-wu": dict(kl_warmup_epochs="half"),
+    "2L-td-wu": dict(guide="top-down", kl_warmup_epochs="half"),
+    "1L": dict(latent_dims=(50,)),
+    "2L-bu-lr3": dict(lr=3e-4),
+    "2L-bu-iw5": dict(objective="iwae", particles=5),
+    "1L-hier": dict(latent_dims=(50,), guide="top-down"),
+}
+
+
+def subset(spec: str, n_train: int, n_eval: int) -> Dataset:
+    ds = load_dataset(spec, likelihood="bernoulli")
+    return Dataset(f"{ds.name}[:{n_train}]", ds.train[:n_train], ds.valid[:n_eval],
+                   ds.test[:n_eval], ds.image_shape)
+
+
+def run_config(name: str, ds: Dataset, args, out: Path) -> list[dict]:
+    over = dict(CONFIGS[name])
+    if over.get("kl_warmup_epochs") == "half":
+        over["kl_warmup_epochs"] = max(1, args.epochs // 2)
+    config = {**BASE, **over, "data": "binarized-mnist", "seed": args.seed}
+    run_dir, rows = out / name, []
+    for epoch in range(1, args.epochs + 1):
+        res = train({**config, "epochs": epoch}, out=run_dir, resume=epoch > 1, dataset=ds,
+                    progress=False, plots=False, epochs=epoch)
+        res.guide.eval()
+        units = active_units(res.guide, ds.valid, num_samples=10, seed=args.seed)
+        res.guide.train()
+        m = res.metrics.iloc[-1]
+        rows.append({"config": name, "epoch": epoch, "train_elbo": m.train_elbo,
+                     "valid_elbo": m.valid_elbo, "seconds": m.seconds,
+                     **{f"au_{k}": v for k, v in units.counts.items()}})
+        print(name, rows[-1], flush=True)
+    res.model.eval(), res.guide.eval()
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    is_res = importance_sampling(res.model, res.guide, ds.test, num_samples=args.k,
+                                 progress=False)
+    rows[-1]["test_is"] = float(is_res.log_likelihood.double().mean())
+    rows[-1]["test_is_seconds"] = time.perf_counter() - t0
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="binarized-mnist")
+    p.add_argument("--train-points", type=int, default=20000)
+    p.add_argument("--eval-points", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--k", type=int, default=1000, help="IS samples per test point")
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="/tmp/two_layer_collapse")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = subset(args.data, args.train_points, args.eval_points)
+    traj_path = out / "trajectory.csv"
+    old = pd.read_csv(traj_path) if traj_path.is_file() else pd.DataFrame(columns=["config"])
+    for name in [c for c in args.configs.split(",") if c]:
+        if name in set(old["config"]):
+            continue
+        rows = run_config(name, ds, args, out)
+        old = pd.concat([old, pd.DataFrame(rows)], ignore_index=True)
+        old.to_csv(traj_path, index=False)
+    final = old.dropna(subset=["test_is"]) if "test_is" in old else old
+    (out / "results.md").write_text(markdown_table(final))
+    print(final.to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

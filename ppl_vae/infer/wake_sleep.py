@@ -1,0 +1,106 @@
+"""The wake-sleep algorithm (Hinton, Dayan, Frey & Neal 1995) as a Pyro objective.
+
+Two phases per step, each a gradient of its own objective:
+
+* **wake-theta**: z ~ q_phi(z|x) for the real x (the sample carries *no* gradient path), then
+  ascend log p_theta(x, z): grad_theta = E_q[grad_theta log p_theta(x, z)];
+* **sleep-phi**: dream (z', x') ~ p_theta(z) p_theta(x|z) by running the model with its
+  observations sampled (``poutine.uncondition``), then ascend log q_phi(z'|x'):
+  grad_phi = E_p[grad_phi log q_phi(z'|x')], i.e. descend KL(p_theta(z|x) || q_phi(z|x))
+  averaged over x ~ p_theta(x) (the *inclusive* KL, on dreamed rather than real data).
+
+Neither phase differentiates through a sample, so any latent type works (discrete included) and
+``can_infer_discrete = True``. The two phases are not the gradient of one objective; the number
+reported as the loss is the usual single-sample -ELBO, log p(x, z) - log q(z|x) at the wake
+sample, so it is comparable with every other objective.
+
+Convention the objective needs (what Kingma & Welling 2014 compare AEVB against): model and guide
+take the observations as their first positional argument (``model(x, ...)``, ``guide(x, ...)``;
+all ppl_vae models and guides do); the dream runs ``uncondition(model)(x, ...)`` with the real
+minibatch only fixing the shape, and the guide is then called with the dreamed value of the
+model's observed site ``observed`` in place of ``x``. ``num_data`` and other keyword arguments are
+passed to both phases unchanged, so a subsampled data plate scales them alike.
+"""
+
+from __future__ import annotations
+
+import pyro.infer
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from pyro.util import warn_if_nan
+
+__all__ = ["WakeSleep"]
+
+
+def _latents(trace) -> dict:
+    return {name: site["value"].detach() for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"]
+            and not site_is_subsample(site)}
+
+
+class WakeSleep(pyro.infer.ELBO):
+    """Wake-sleep (Hinton et al. 1995): wake-theta on real data, sleep-phi on dreams.
+
+    ``num_particles`` wake samples and dreams per step (averaged; run sequentially).
+    ``observed``: the model's observed site whose dreamed value is fed to the guide.
+    """
+
+    can_infer_discrete = True  # no gradient flows through any sample
+
+    def __init__(self, num_particles: int = 1, observed: str = "x", **kwargs):
+        kwargs.pop("vectorize_particles", None)
+        super().__init__(num_particles=num_particles, vectorize_particles=False, **kwargs)
+        self.observed = observed
+
+    def _get_trace(self, model, guide, args, kwargs):
+        """(model trace, guide trace) of one wake sample z ~ q(z|x) (ELBO's abstract hook)."""
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs)
+        return model_trace, guide_trace
+
+    def _wake(self, model, guide, args, kwargs):
+        """(wake-theta surrogate loss, -ELBO estimate) for one sample z ~ q(z|x)."""
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        fixed = _latents(guide_trace)
+        model_trace = poutine.trace(poutine.condition(model, data=fixed)).get_trace(*args, **kwargs)
+        log_p = model_trace.log_prob_sum()
+        elbo = log_p.detach() - guide_trace.log_prob_sum().detach()
+        return -log_p, -elbo
+
+    def _sleep(self, model, guide, args, kwargs):
+        """Sleep-phi surrogate loss -log q(z'|x') on one dream (z', x') ~ p."""
+        with torch.no_grad():
+            dream = poutine.trace(poutine.uncondition(model)).get_trace(*args, **kwargs)
+        if self.observed not in dream.nodes:
+            raise ValueError(f"wake-sleep: the model has no site {self.observed!r} to dream "
+                             "(pass observed= the name of its observed site)")
+        x_dream = dream.nodes[self.observed]["value"].detach()
+        latents = {k: v for k, v in _latents(dream).items() if k != self.observed}
+        conditioned = poutine.condition(guide, data=latents)
+        guide_trace = poutine.trace(conditioned).get_trace(x_dream, *args[1:], **kwargs)
+        return -guide_trace.log_prob_sum()
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """-ELBO, one sample per particle (a float)."""
+        with torch.no_grad():
+            total = sum(self._wake(model, guide, args, kwargs)[1].item()
+                        for _ in range(self.num_particles))
+        loss = total / self.num_particles
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """-ELBO (a float); accumulates the wake-theta and sleep-phi gradients into ``.grad``."""
+        total = 0.0
+        for _ in range(self.num_particles):
+            wake_loss, neg_elbo = self._wake(model, guide, args, kwargs)
+            sleep_loss = self._sleep(model, guide, args, kwargs)
+            surrogate = (wake_loss + sleep_loss) / self.num_particles
+            if surrogate.requires_grad:
+                surrogate.backward()
+            total += neg_elbo.item()
+        loss = total / self.num_particles
+        warn_if_nan(loss, "loss")
+        return loss
