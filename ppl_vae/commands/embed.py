@@ -21,6 +21,9 @@ HELP = ("scatter the posterior means of several runs by label; k-NN accuracy and
 def add_arguments(p):
     p.add_argument("--run", required=True, action="append", metavar="DIR",
                    help="run directory (repeat --run for several runs, shown side by side)")
+    from ppl_vae.commands import add_checkpoint_argument
+
+    add_checkpoint_argument(p)
     p.add_argument("--out", required=True, metavar="DIR_OUT",
                    help="output directory for embed.png and embed.csv")
     p.add_argument("--split", default="test", metavar="SPLIT",
