@@ -34,6 +34,7 @@ from .training import TrainResult, estimate_elbo, train  # noqa: E402
 from .runs import Run, load_run  # noqa: E402
 from .generate import encode, impute, interpolate, reconstruct, sample_images  # noqa: E402
 from .handlers import ScaleLatents  # noqa: E402
+from .mcem import MonteCarloEM  # noqa: E402
 from .active_units import ActiveUnits, report_active_units  # noqa: E402
 from .marginal import (  # noqa: E402
     MarginalLikelihoodResult,
@@ -74,6 +75,7 @@ __all__ = [
     "reconstruct",
     "sample_images",
     "ScaleLatents",
+    "MonteCarloEM",
     "ActiveUnits",
     "report_active_units",
     "MarginalLikelihoodResult",
