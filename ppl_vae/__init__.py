@@ -43,7 +43,7 @@ _EXPORTS = {
     "report_active_units": "active_units",
     "MarginalLikelihoodResult": "marginal", "annealed_importance_sampling": "marginal",
     "estimate_log_likelihood": "marginal", "importance_sampling": "marginal",
-    "naive_monte_carlo": "marginal",
+    "naive_monte_carlo": "marginal", "MonteCarloEM": "mcem",
 }
 _SUBMODULES = ("guides", "models", "marginal", "infer", "objectives")
 
