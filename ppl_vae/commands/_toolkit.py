@@ -73,28 +73,26 @@ def check_index(i: int, n: int, flag: str = "--index") -> int:
     return int(i) % n
 
 
-def int_list(text: str, flag: str) -> list[int]:
+def number_list(text: str, flag: str, kind=int) -> list:
+    """``"0,3"`` -> ``[0, 3]`` (``kind`` int or float), with one clear error line."""
     from ppl_vae.errors import ConfigError
 
+    what = "integers" if kind is int else "numbers"
     try:
-        out = [int(v) for v in str(text).replace(" ", "").split(",") if v]
+        out = [kind(v) for v in str(text).replace(" ", "").split(",") if v]
     except ValueError:
-        raise ConfigError(f"{flag} must be a comma-separated list of integers, got {text!r}")
+        raise ConfigError(f"{flag} must be a comma-separated list of {what}, got {text!r}")
     if not out:
-        raise ConfigError(f"{flag} needs at least one integer")
+        raise ConfigError(f"{flag} needs at least one of the {what}")
     return out
+
+
+def int_list(text: str, flag: str) -> list[int]:
+    return number_list(text, flag, int)
 
 
 def float_list(text: str, flag: str) -> list[float]:
-    from ppl_vae.errors import ConfigError
-
-    try:
-        out = [float(v) for v in str(text).replace(" ", "").split(",") if v]
-    except ValueError:
-        raise ConfigError(f"{flag} must be a comma-separated list of numbers, got {text!r}")
-    if not out:
-        raise ConfigError(f"{flag} needs at least one number")
-    return out
+    return number_list(text, flag, float)
 
 
 def emit_json(obj: dict) -> None:
