@@ -65,6 +65,15 @@ def parse_args(argv=None):
     p.add_argument("--patience", type=int, default=0, help="early stopping (0 = off)")
     p.add_argument("--kl-warmup", type=int, default=0)
     p.add_argument("--guide2", default="bottom-up", help="guide of the 2-layer rows")
+    p.add_argument("--prior-init", default="random",
+                   help="2-layer rows: how p(z1|z2) starts, random or standard (TrainConfig)")
+    p.add_argument("--weight-init", default="torch", help="torch or xavier (TrainConfig)")
+    p.add_argument("--batch-size", type=int, default=COMMON["batch_size"],
+                   help="minibatch size (Burda et al.: 20)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--train-only", action="store_true",
+                   help="train (or resume) the rows and stop: several such processes can train "
+                        "rows side by side; a later run without it evaluates and tabulates")
     p.add_argument("--k", type=int, default=5000, help="IS samples per test point")
     p.add_argument("--test-points", type=int, default=None, help="default: the full test set")
     p.add_argument("--device", default="cpu")
@@ -81,7 +90,9 @@ def row_config(row: str, args) -> dict:
     obj, layers = row.rsplit("-", 1)
     cfg = {**COMMON, **LAYERS[layers], "objective": OBJECTIVES[obj], "data": args.data,
            "epochs": args.epochs, "patience": args.patience, "seed": args.seed,
-           "kl_warmup_epochs": args.kl_warmup,
+           "kl_warmup_epochs": args.kl_warmup, "batch_size": args.batch_size,
+           "weight_init": args.weight_init,
+           "prior_init": args.prior_init if layers == "2l" else "random",
            "guide": args.guide2 if layers == "2l" else "bottom-up"}
     if args.smoke:
         cfg.update(hidden=(16,), latent_dims=(4,) if layers == "1l" else (6, 3), batch_size=100,
@@ -187,6 +198,8 @@ def main(argv=None) -> int:
     if args.smoke:
         args.data, args.epochs, args.k, args.test_points = "digits", 2, 20, 50
     device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     rows = [r for r in args.rows.split(",") if r]
     unknown = sorted(set(rows) - set(ROWS))
@@ -199,9 +212,13 @@ def main(argv=None) -> int:
             train_row(run_dir, row_config(row, args), args, device)
         except CheckpointError as exc:
             raise SystemExit(f"{row}: {exc}")
+        if args.train_only:
+            continue
         results.append(evaluate_row(row, run_dir, args, device))
         runs[row] = pd.DataFrame(load_run(run_dir, checkpoint="last").checkpoint["metrics"])
         print(results[-1], flush=True)
+    if args.train_only:
+        return 0
     df = add_goals(pd.DataFrame(results), runs, smoke=args.smoke)
     df.to_csv(out / "paper_table.csv", index=False)
     plot(runs, df, out / "nll_vs_epoch.png")

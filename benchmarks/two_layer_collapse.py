@@ -14,6 +14,8 @@ config     change
 2L-td      top-down (ladder) guide
 2L-td-wu   top-down guide + warm-up
 2L-bu-iw5  objective iwae-5
+2L-bu-std  p(z1 | z2) starts as N(0, I) (``prior_init="standard"``)
+2L-td-std  top-down guide + ``prior_init="standard"``
 1L-hier    one layer, but built as HierarchicalVAE + TopDownGuide (L = 1): the
            2-layer code path without the second layer
 ========== ==================================================================
@@ -29,6 +31,7 @@ configs are skipped on a re-run (their rows are read back), so the sweep is resu
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -53,6 +56,14 @@ CONFIGS = {
     "2L-bu-lr3": dict(lr=3e-4),
     "2L-bu-iw5": dict(objective="iwae", particles=5),
     "1L-hier": dict(latent_dims=(50,), guide="top-down"),
+    "2L-bu-std": dict(prior_init="standard"),
+    "2L-td-std": dict(guide="top-down", prior_init="standard"),
+    "1L-100": dict(latent_dims=(100,)),
+    "1L-x": dict(latent_dims=(50,), weight_init="xavier"),
+    "2L-bu-x": dict(weight_init="xavier"),
+    "2L-bu-std-x": dict(prior_init="standard", weight_init="xavier"),
+    "2L-td-x": dict(guide="top-down", weight_init="xavier"),
+    "2L-td-std-x": dict(guide="top-down", prior_init="standard", weight_init="xavier"),
 }
 
 
@@ -66,11 +77,11 @@ def run_config(name: str, ds: Dataset, args, out: Path) -> list[dict]:
     over = dict(CONFIGS[name])
     if over.get("kl_warmup_epochs") == "half":
         over["kl_warmup_epochs"] = max(1, args.epochs // 2)
-    config = {**BASE, **over, "data": "binarized-mnist", "seed": args.seed}
+    config = {**BASE, **over, **args.set, "data": "binarized-mnist", "seed": args.seed}
     run_dir, rows = out / name, []
     for epoch in range(1, args.epochs + 1):
         res = train({**config, "epochs": epoch}, out=run_dir, resume=epoch > 1, dataset=ds,
-                    progress=False, plots=False, epochs=epoch)
+                    progress=False, plots=False, epochs=epoch, device=args.device)
         res.guide.eval()
         units = active_units(res.guide, ds.valid, num_samples=10, seed=args.seed)
         res.guide.train()
@@ -89,6 +100,16 @@ def run_config(name: str, ds: Dataset, args, out: Path) -> list[dict]:
     return rows
 
 
+def _key_value(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--set takes KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="binarized-mnist")
@@ -99,7 +120,15 @@ def main(argv=None) -> int:
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="/tmp/two_layer_collapse")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a TrainConfig field in every config, e.g. batch_size=20 "
+                        "(VALUE is read as JSON when it parses, else as a string)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.set = dict(_key_value(kv) for kv in args.set)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ds = subset(args.data, args.train_points, args.eval_points)

@@ -96,6 +96,15 @@ class BottomUpGuide(PyroModule):
         return cls([GaussianConditional.mlp(i, d, h, activation, min_scale)
                     for i, d, h in zip(ins, dims, hiddens)])
 
+    def reset_upper_layers(self) -> "BottomUpGuide":
+        """Make q(z_l | z_{l-1}), l >= 2, start as N(0, I) for every z_{l-1}
+        (:meth:`~ppl_vae.models.GaussianConditional.reset_to`): with the model's
+        :meth:`~ppl_vae.models.HierarchicalVAE.reset_conditionals` the pair starts as a one-layer
+        VAE whose upper layers cost nothing (q = p there) until they are used."""
+        for layer in self.layers[1:]:
+            layer.reset_to(0.0, 1.0)
+        return self
+
     def forward(self, x, num_data=None, **kwargs):
         z = x
         with data_plate(x.shape[0], num_data, device=x.device):

@@ -41,7 +41,11 @@ from ppl_vae.plates import data_plate
 
 from .likelihoods import make_likelihood
 
-__all__ = ["GaussianConditional", "HierarchicalVAE", "latent_site", "between_hidden"]
+__all__ = ["GaussianConditional", "HierarchicalVAE", "latent_site", "between_hidden",
+           "PRIOR_INITS"]
+
+#: Initialisations of :meth:`HierarchicalVAE.mlp`'s conditionals p(z_l | z_{l+1}).
+PRIOR_INITS = ("random", "standard")
 
 
 def latent_site(level: int) -> str:
@@ -104,6 +108,31 @@ class GaussianConditional(nn.Module):
             min_scale: float = 1e-3) -> "GaussianConditional":
         """N(mu(u), sigma(u)^2) with an MLP ``in_dim -> hidden... -> 2 * dim``."""
         return cls(MLP([int(in_dim), *hidden, 2 * int(dim)], activation), int(dim), min_scale)
+
+    def reset_to(self, loc: float = 0.0, scale: float = 1.0) -> "GaussianConditional":
+        """Make the factor start as N(loc, scale^2 I) for every parent value, and return it.
+
+        Zeroes the weights of the network's last linear layer and sets its biases so that
+        mu(u) = ``loc`` and sigma(u) = ``scale``; the gradient with respect to those weights is
+        not zero, so the dependence on u is learned from there. Applied to the conditionals
+        p(z_l | z_{l+1}) of a :class:`HierarchicalVAE` (``prior_init="standard"``) it makes an
+        L-layer model start as the one-layer VAE with a standard-normal prior on z1 and unused
+        upper layers (docs/hierarchical.md has the measurement behind it).
+        """
+        linears = [m for m in self.net.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ConfigError("GaussianConditional.reset_to needs a network that ends in a "
+                              "torch.nn.Linear layer")
+        if not scale > self.min_scale:
+            raise ConfigError(f"scale must exceed min_scale = {self.min_scale}, got {scale}")
+        last = linears[-1]
+        raw = float(scale) - self.min_scale
+        raw_bias = raw + torch.log(-torch.expm1(-torch.tensor(raw, dtype=torch.float64)))
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias[: self.dim].fill_(float(loc))
+            last.bias[self.dim:].fill_(float(raw_bias))
+        return self
 
     def loc_scale(self, parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu(u), sigma(u)), each of shape ``(..., dim)``."""
@@ -175,14 +204,21 @@ class HierarchicalVAE(PyroModule):
     @classmethod
     def mlp(cls, x_dim: int, latent_dims: Sequence[int], hidden: Sequence[int] = (200, 200),
             likelihood="bernoulli", activation: str = "tanh",
-            min_scale: float = 1e-3) -> "HierarchicalVAE":
+            min_scale: float = 1e-3, prior_init: str = "random") -> "HierarchicalVAE":
         """The MLP architecture of Burda et al. (2016), section 5, for any depth.
 
         ``hidden`` are the widths on the x side, listed from x upwards (the encoder's
         ``x -> hidden -> z1``); the decoder ``z1 -> reversed(hidden) -> x`` mirrors them. Between
         z_{l+1} and z_l: ``len(hidden)`` layers of width dim(z_l) (:func:`between_hidden`). With
         ``latent_dims=(100, 50)``, ``hidden=(200, 200)``, tanh: their two-stochastic-layer model.
+
+        ``prior_init``: ``"random"`` (PyTorch's default initialisation everywhere) or ``"standard"``:
+        every conditional p(z_l | z_{l+1}) starts as N(0, I) (:meth:`GaussianConditional.reset_to`),
+        so the model starts as a one-layer VAE whose upper layers are unused until they help.
         """
+        if prior_init not in PRIOR_INITS:
+            raise ConfigError(f"unknown prior_init {prior_init!r}; choose one of "
+                              f"{', '.join(PRIOR_INITS)}")
         dims = [int(d) for d in latent_dims]
         if not dims or min(dims) < 1:
             raise ConfigError(f"latent_dims must be one or more positive sizes, got {latent_dims}")
@@ -195,7 +231,16 @@ class HierarchicalVAE(PyroModule):
                                     activation, min_scale)
             for level in range(1, len(dims))
         ]
-        return cls(decoder, lik, conditionals, dims[-1], x_dim=x_dim)
+        model = cls(decoder, lik, conditionals, dims[-1], x_dim=x_dim)
+        if prior_init == "standard":
+            model.reset_conditionals()
+        return model
+
+    def reset_conditionals(self) -> "HierarchicalVAE":
+        """Make every p(z_l | z_{l+1}) start as N(0, I) (:meth:`GaussianConditional.reset_to`)."""
+        for c in self.conditionals:
+            c.reset_to(0.0, 1.0)
+        return self
 
     @property
     def depth(self) -> int:

@@ -100,6 +100,7 @@ def _vae(config: TrainConfig, x_dim: int):
         model = VAEModel(x_dim, j, tuple(reversed(config.hidden)), config.likelihood_spec(),
                          config.activation)
         guide = DiagonalNormalGuide(x_dim, j, config.hidden, config.activation)
+        _initialize(config, model, guide)
         return model, guide
     model = HierarchicalVAE.mlp(x_dim, config.latent_dims, config.hidden,
                                 config.likelihood_spec(), config.activation)
@@ -107,7 +108,20 @@ def _vae(config: TrainConfig, x_dim: int):
         guide = BottomUpGuide.mlp(x_dim, config.latent_dims, config.hidden, config.activation)
     else:
         guide = TopDownGuide.mlp(model, x_dim, config.hidden, config.activation)
+    _initialize(config, model, guide)
+    if config.prior_init == "standard":
+        model.reset_conditionals()
+        if config.guide == "bottom-up":
+            guide.reset_upper_layers()
     return model, guide
+
+
+def _initialize(config: TrainConfig, *modules) -> None:
+    """Apply ``config.weight_init`` to the networks of ``modules`` (after they are built)."""
+    from ppl_vae.nn import init_weights
+
+    for m in modules:
+        init_weights(m, config.weight_init, config.activation)
 
 
 @register_model_family("sbn")

@@ -50,7 +50,12 @@ class TrainConfig:
     end of the warm-up; 0 = never stop early). ``schedule``: the learning rate per epoch,
     ``constant`` (``lr``) or ``burda`` (``lr * 10**(-i/7)`` for 3**i epochs, i = 0..7; Burda et
     al. 2016; see :mod:`ppl_vae.schedules`). ``adam_eps``, ``adam_betas``: Adam's epsilon and
-    (beta1, beta2) (Burda et al. used eps = 1e-4).
+    (beta1, beta2) (Burda et al. used eps = 1e-4). ``prior_init``: how the conditionals
+    p(z_l | z_{l+1}) of a model with several stochastic layers start: ``random`` (PyTorch's
+    default) or ``standard`` (N(0, I) for every parent value: the model starts as the one-layer
+    VAE; see :meth:`ppl_vae.models.GaussianConditional.reset_to`). ``weight_init``: ``torch``
+    (PyTorch's default) or ``xavier`` (Glorot uniform with the activation's gain, zero biases;
+    :func:`ppl_vae.nn.init_weights`), for the VAE's networks.
     """
 
     data: str = "digits"
@@ -76,6 +81,8 @@ class TrainConfig:
     schedule: str = "constant"
     adam_eps: float = 1e-8
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    prior_init: str = "random"
+    weight_init: str = "torch"
 
     def __post_init__(self):
         self.latent_dims = _int_tuple(self.latent_dims, "latent_dims")
@@ -109,6 +116,16 @@ class TrainConfig:
         if int(self.flow_depth) < 1:
             raise ConfigError(f"flow_depth must be >= 1, got {self.flow_depth}")
         self.flow_depth = int(self.flow_depth)
+        from ppl_vae.models.hierarchical import PRIOR_INITS
+
+        if self.prior_init not in PRIOR_INITS:
+            raise ConfigError(f"unknown prior_init {self.prior_init!r}; choose one of "
+                              f"{', '.join(PRIOR_INITS)}")
+        from ppl_vae.nn import WEIGHT_INITS
+
+        if self.weight_init not in WEIGHT_INITS:
+            raise ConfigError(f"unknown weight_init {self.weight_init!r}; choose one of "
+                              f"{', '.join(WEIGHT_INITS)}")
         self._check_optimizer()
 
     def _check_optimizer(self) -> None:

@@ -8,7 +8,10 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["MLP", "ACTIVATIONS"]
+__all__ = ["MLP", "ACTIVATIONS", "WEIGHT_INITS", "init_weights"]
+
+#: Initialisations :func:`init_weights` knows; ``torch`` leaves PyTorch's defaults.
+WEIGHT_INITS = ("torch", "xavier")
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
 
@@ -35,3 +38,26 @@ class MLP(nn.Sequential):
                 layers.append(ACTIVATIONS[activation]())
         super().__init__(*layers)
         self.sizes = tuple(sizes)
+
+
+def init_weights(module: nn.Module, scheme: str = "xavier", activation: str = "tanh") -> nn.Module:
+    """Re-initialise every :class:`torch.nn.Linear` in ``module`` in place; return ``module``.
+
+    ``xavier``: Glorot & Bengio's (2010) uniform weights with the activation's gain
+    (:func:`torch.nn.init.calculate_gain`: 5/3 for tanh, sqrt(2) for ReLU) and zero biases.
+    PyTorch's default (``torch``: U(+-1/sqrt(fan_in))) shrinks signals through each tanh layer
+    by about 1/sqrt(3), so an encoder's mean starts almost constant in x while q's scale starts
+    near 0.69, and the VAE sits on a plateau where the decoder ignores z (docs/hierarchical.md
+    has the measurement).
+    """
+    if scheme not in WEIGHT_INITS:
+        raise ConfigError(f"unknown weight init {scheme!r}; choose one of {', '.join(WEIGHT_INITS)}")
+    if scheme == "torch":
+        return module
+    gain_name = {"relu": "relu", "tanh": "tanh", "elu": "relu"}.get(activation, "linear")
+    gain = nn.init.calculate_gain(gain_name)
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight, gain=gain)
+            nn.init.zeros_(m.bias)
+    return module

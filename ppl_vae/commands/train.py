@@ -45,6 +45,10 @@ FLAGS = {
                    "(lr*10^(-i/7) for 3^i epochs, i=0..7, 3280 epochs; --epochs caps it)"),
     "--adam-eps": ("adam_eps", float, "Adam epsilon (default 1e-8; Burda et al. used 1e-4)"),
     "--adam-betas": ("adam_betas", str, "Adam B1,B2 (default 0.9,0.999)"),
+    "--prior-init": ("prior_init", str, "several stochastic layers: how p(z_l|z_l+1) start, "
+                     "random (default) or standard (N(0,I): start as the 1-layer VAE)"),
+    "--weight-init": ("weight_init", str, "vae: torch (PyTorch's default) or xavier (Glorot "
+                      "uniform with the activation's gain)"),
 }
 
 
