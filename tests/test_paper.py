@@ -293,6 +293,8 @@ def test_paper_table_smoke_writes_table_csv_and_plot_and_resumes(tmp_path):
     assert (tmp_path / "out" / "nll_vs_epoch.png").stat().st_size > 1000
     text = doc.read_text()
     assert "88.71 (Burda k=1)" in text and "| iwae-5-2l |" in text
+    assert "](figures/table_nll_vs_epoch.png)" in text and "--smoke --rows" in text
+    assert (tmp_path / "figures" / "table_nll_vs_epoch.png").stat().st_size > 1000
     stamp = (tmp_path / "out" / "vae-1l" / "checkpoint.pt").stat().st_mtime_ns
     assert bench.main(argv) == 0  # finished rows are not retrained
     assert (tmp_path / "out" / "vae-1l" / "checkpoint.pt").stat().st_mtime_ns == stamp
