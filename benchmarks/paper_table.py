@@ -70,7 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--guide2", default="bottom-up", help="guide of the 2-layer rows")
     p.add_argument("--prior-init", default="random",
                    help="2-layer rows: how p(z1|z2) starts, random or standard (TrainConfig)")
-    p.add_argument("--weight-init", default="torch", help="torch or xavier (TrainConfig)")
+    p.add_argument("--weight-init", default="torch", help="torch or burda (TrainConfig)")
     p.add_argument("--batch-size", type=int, default=COMMON["batch_size"],
                    help="minibatch size (Burda et al.: 20)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

@@ -59,11 +59,9 @@ CONFIGS = {
     "2L-bu-std": dict(prior_init="standard"),
     "2L-td-std": dict(guide="top-down", prior_init="standard"),
     "1L-100": dict(latent_dims=(100,)),
-    "1L-x": dict(latent_dims=(50,), weight_init="xavier"),
-    "2L-bu-x": dict(weight_init="xavier"),
-    "2L-bu-std-x": dict(prior_init="standard", weight_init="xavier"),
-    "2L-td-x": dict(guide="top-down", weight_init="xavier"),
-    "2L-td-std-x": dict(guide="top-down", prior_init="standard", weight_init="xavier"),
+    "1L-b": dict(latent_dims=(50,), weight_init="burda"),
+    "2L-bu-b": dict(weight_init="burda"),
+    "2L-td-b": dict(guide="top-down", weight_init="burda"),
 }
 
 

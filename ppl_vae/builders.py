@@ -118,10 +118,9 @@ def _vae(config: TrainConfig, x_dim: int):
 
 def _initialize(config: TrainConfig, *modules) -> None:
     """Apply ``config.weight_init`` to the networks of ``modules`` (after they are built)."""
-    from ppl_vae.nn import init_weights
+    from ppl_vae.initialization import initialize_networks
 
-    for m in modules:
-        init_weights(m, config.weight_init, config.activation)
+    initialize_networks(config.weight_init, *modules)
 
 
 @register_model_family("sbn")

@@ -54,8 +54,8 @@ class TrainConfig:
     p(z_l | z_{l+1}) of a model with several stochastic layers start: ``random`` (PyTorch's
     default) or ``standard`` (N(0, I) for every parent value: the model starts as the one-layer
     VAE; see :meth:`ppl_vae.models.GaussianConditional.reset_to`). ``weight_init``: ``torch``
-    (PyTorch's default) or ``xavier`` (Glorot uniform with the activation's gain, zero biases;
-    :func:`ppl_vae.nn.init_weights`), for the VAE's networks.
+    (PyTorch's default) or ``burda`` (the initialisation of Burda et al.'s code: Glorot weights,
+    unit initial scales, decoder bias at the pixel marginals; :mod:`ppl_vae.initialization`).
     """
 
     data: str = "digits"

@@ -10,8 +10,9 @@ from .errors import ConfigError
 
 __all__ = ["MLP", "ACTIVATIONS", "WEIGHT_INITS", "init_weights"]
 
-#: Initialisations :func:`init_weights` knows; ``torch`` leaves PyTorch's defaults.
-WEIGHT_INITS = ("torch", "xavier")
+#: Initialisations of the VAE's networks (``TrainConfig.weight_init``; see
+#: :mod:`ppl_vae.initialization`); ``torch`` leaves PyTorch's defaults.
+WEIGHT_INITS = ("torch", "burda")
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
 
@@ -40,24 +41,21 @@ class MLP(nn.Sequential):
         self.sizes = tuple(sizes)
 
 
-def init_weights(module: nn.Module, scheme: str = "xavier", activation: str = "tanh") -> nn.Module:
+
+def init_weights(module: nn.Module, scheme: str = "burda") -> nn.Module:
     """Re-initialise every :class:`torch.nn.Linear` in ``module`` in place; return ``module``.
 
-    ``xavier``: Glorot & Bengio's (2010) uniform weights with the activation's gain
-    (:func:`torch.nn.init.calculate_gain`: 5/3 for tanh, sqrt(2) for ReLU) and zero biases.
-    PyTorch's default (``torch``: U(+-1/sqrt(fan_in))) shrinks signals through each tanh layer
-    by about 1/sqrt(3), so an encoder's mean starts almost constant in x while q's scale starts
-    near 0.69, and the VAE sits on a plateau where the decoder ignores z (docs/hierarchical.md
-    has the measurement).
+    ``burda``: the uniform initialisation of Glorot & Bengio (2010), U(+-sqrt(6 / (fan_in +
+    fan_out))), gain 1, and zero biases, as in the code of Burda et al. (2016). ``torch`` keeps
+    PyTorch's default, U(+-1/sqrt(fan_in)) weights and biases. (The data-dependent part of the
+    ``burda`` scheme, the decoder's output bias, is set by :func:`ppl_vae.initialization`.)
     """
     if scheme not in WEIGHT_INITS:
         raise ConfigError(f"unknown weight init {scheme!r}; choose one of {', '.join(WEIGHT_INITS)}")
     if scheme == "torch":
         return module
-    gain_name = {"relu": "relu", "tanh": "tanh", "elu": "relu"}.get(activation, "linear")
-    gain = nn.init.calculate_gain(gain_name)
     for m in module.modules():
         if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight, gain=gain)
+            nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
     return module

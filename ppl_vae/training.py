@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .builders import build_model_and_guide
+from .initialization import initialize_output_bias
 from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Dataset, load_dataset
@@ -221,6 +222,7 @@ def _setup(config: TrainConfig, dataset: Dataset, device) -> _Loop:
     parameters and data on ``device``."""
     pyro.set_rng_seed(config.seed)
     model, guide = build_model_and_guide(config, dataset.x_dim)
+    initialize_output_bias(config.weight_init, model, dataset.train)
     model.to(device), guide.to(device)
     objective = build_objective(config, dataset.x_dim)
     for module in objective.modules.values():

@@ -16,6 +16,8 @@ import pytest
 import torch
 from pyro import poutine
 
+import ppl_vae
+
 from ppl_vae import TrainConfig, build_model_and_guide
 from ppl_vae.cli import main
 from ppl_vae.errors import ConfigError
@@ -74,19 +76,30 @@ def test_top_down_guide_with_standard_prior_init_builds_and_keeps_its_heads():
     assert guide.heads[-1].net.weight.abs().max() > 0  # q(z2 | x) is not reset
 
 
-@pytest.mark.parametrize("activation,gain", [("tanh", 5 / 3), ("relu", math.sqrt(2))])
-def test_xavier_weights_have_the_glorot_variance_and_zero_bias(activation, gain):
+def test_burda_init_glorot_weights_unit_scales_and_pixel_mean_bias(tiny_digits, tmp_path):
     torch.manual_seed(0)
-    net = init_weights(MLP([300, 200, 100], activation), "xavier", activation)
+    net = init_weights(MLP([300, 200, 100], "tanh"), "burda")
     for layer in (net[0], net[2]):
-        fan_in, fan_out = layer.in_features, layer.out_features
-        expected = gain**2 * 2 / (fan_in + fan_out)
+        expected = 2 / (layer.in_features + layer.out_features)  # Glorot & Bengio, gain 1
         assert layer.weight.var().item() == pytest.approx(expected, rel=0.05)
         assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
     torch.manual_seed(0)
-    default = MLP([300, 200, 100], activation)
+    default = MLP([300, 200, 100], "tanh")
     assert default[0].weight.var().item() == pytest.approx(1 / (3 * 300), rel=0.05)
     assert init_weights(default, "torch") is default
+    for dims in [(3,), (4, 2)]:
+        cfg = TrainConfig(data="digits", latent_dims=dims, hidden=(16,), weight_init="burda",
+                          epochs=0)
+        model, guide = build_model_and_guide(cfg, x_dim=64)
+        zero = torch.zeros(5, 64)
+        scale = (guide.encode(zero)[1] if hasattr(guide, "encode")
+                 else guide.layers[0].loc_scale(zero)[1])
+        torch.testing.assert_close(scale, torch.ones_like(scale))  # softplus(b) + min = 1
+        res = ppl_vae.train(cfg, out=tmp_path / str(len(dims)), dataset=tiny_digits,
+                            progress=False, plots=False)
+        mean = tiny_digits.train.double().mean(0).clamp(1e-3, 1 - 1e-3)
+        bias = res.model.decoder[-1].bias.double()
+        torch.testing.assert_close(torch.sigmoid(bias), mean, atol=1e-6, rtol=0)
 
 
 def test_bad_initialisation_names_are_one_line_errors(capsys):

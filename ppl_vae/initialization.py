@@ -1,0 +1,68 @@
+"""How a VAE's networks start (``TrainConfig.weight_init``, ``TrainConfig.prior_init``).
+
+``weight_init="burda"`` reproduces the initialisation of Burda, Grosse & Salakhutdinov's (2016)
+code, which differs from PyTorch's default in three ways:
+
+* every linear layer: Glorot & Bengio's (2010) uniform weights (gain 1), zero biases
+  (:func:`ppl_vae.nn.init_weights`);
+* every diagonal Gaussian (the guide's factors, the model's p(z_l | z_{l+1})) starts with scale
+  1 for a zero hidden state: the bias of its raw-scale output is softplus^-1(1 - min_scale)
+  (their code takes sigma = exp(linear), which is 1 there; PyTorch's default gives
+  softplus(~0) = 0.69);
+* a Bernoulli decoder's output bias is the logit of the training pixel means (clipped to
+  [0.001, 0.999]), so p(x | z) starts at the pixel marginals.
+
+``prior_init="standard"`` makes each p(z_l | z_{l+1}) start as N(0, I)
+(:meth:`ppl_vae.models.HierarchicalVAE.reset_conditionals`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .nn import init_weights
+
+__all__ = ["initialize_networks", "initialize_output_bias", "unit_scale_"]
+
+
+def unit_scale_(linear: nn.Linear, dim: int, min_scale: float) -> None:
+    """Set the raw-scale half of ``linear``'s bias (outputs ``dim:``) so that
+    softplus(bias) + ``min_scale`` = 1."""
+    raw = torch.tensor(1.0 - float(min_scale), dtype=torch.float64)
+    with torch.no_grad():
+        linear.bias[dim:].fill_(float(raw + torch.log(-torch.expm1(-raw))))
+
+
+def _last_linear(net: nn.Module) -> nn.Linear | None:
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def initialize_networks(scheme: str, *modules: nn.Module) -> None:
+    """The data-independent part of ``scheme`` on ``modules`` (models and guides), in place."""
+    from ppl_vae.guides import DiagonalNormalGuide
+    from ppl_vae.models import GaussianConditional
+
+    if scheme == "torch":
+        return
+    for module in modules:
+        init_weights(module, scheme)
+        for m in module.modules():
+            if isinstance(m, GaussianConditional):
+                unit_scale_(_last_linear(m.net), m.dim, m.min_scale)
+            elif isinstance(m, DiagonalNormalGuide):
+                unit_scale_(_last_linear(m.encoder), m.latent_dim, m.min_scale)
+
+
+def initialize_output_bias(scheme: str, model: nn.Module, x_train: torch.Tensor) -> None:
+    """``burda``: a Bernoulli decoder's output bias = logit of the training pixel means."""
+    likelihood, decoder = getattr(model, "likelihood", None), getattr(model, "decoder", None)
+    if scheme == "torch" or decoder is None or not getattr(likelihood, "binary", False):
+        return
+    last = _last_linear(decoder)
+    mean = x_train.double().mean(0).clamp(1e-3, 1 - 1e-3)
+    if last is None or last.bias.shape != mean.shape:
+        return
+    with torch.no_grad():
+        last.bias.copy_(torch.logit(mean).to(last.bias))
