@@ -62,6 +62,10 @@ CONFIGS = {
     "1L-b": dict(latent_dims=(50,), weight_init="burda"),
     "2L-bu-b": dict(weight_init="burda"),
     "2L-td-b": dict(guide="top-down", weight_init="burda"),
+    "2L-bu-glorot": dict(weight_init="glorot"),
+    "2L-bu-unit-scale": dict(weight_init="unit-scale"),
+    "2L-bu-pixel-bias": dict(weight_init="pixel-bias"),
+    "2L-bu-b-wu": dict(weight_init="burda", kl_warmup_epochs="half"),
 }
 
 

@@ -54,8 +54,9 @@ class TrainConfig:
     p(z_l | z_{l+1}) of a model with several stochastic layers start: ``random`` (PyTorch's
     default) or ``standard`` (N(0, I) for every parent value: the model starts as the one-layer
     VAE; see :meth:`ppl_vae.models.GaussianConditional.reset_to`). ``weight_init``: ``torch``
-    (PyTorch's default) or ``burda`` (the initialisation of Burda et al.'s code: Glorot weights,
-    unit initial scales, decoder bias at the pixel marginals; :mod:`ppl_vae.initialization`).
+    (PyTorch's default), ``burda`` (the initialisation of Burda et al.'s code: Glorot weights,
+    unit initial scales, decoder bias at the pixel marginals) or a ``+``-joined subset of
+    ``glorot``, ``unit-scale``, ``pixel-bias`` (:mod:`ppl_vae.initialization`).
     """
 
     data: str = "digits"
@@ -121,11 +122,9 @@ class TrainConfig:
         if self.prior_init not in PRIOR_INITS:
             raise ConfigError(f"unknown prior_init {self.prior_init!r}; choose one of "
                               f"{', '.join(PRIOR_INITS)}")
-        from ppl_vae.nn import WEIGHT_INITS
+        from ppl_vae.initialization import weight_init_parts
 
-        if self.weight_init not in WEIGHT_INITS:
-            raise ConfigError(f"unknown weight_init {self.weight_init!r}; choose one of "
-                              f"{', '.join(WEIGHT_INITS)}")
+        weight_init_parts(self.weight_init)
         self._check_optimizer()
 
     def _check_optimizer(self) -> None:

@@ -8,11 +8,7 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["MLP", "ACTIVATIONS", "WEIGHT_INITS", "init_weights"]
-
-#: Initialisations of the VAE's networks (``TrainConfig.weight_init``; see
-#: :mod:`ppl_vae.initialization`); ``torch`` leaves PyTorch's defaults.
-WEIGHT_INITS = ("torch", "burda")
+__all__ = ["MLP", "ACTIVATIONS", "glorot_"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
 
@@ -42,18 +38,11 @@ class MLP(nn.Sequential):
 
 
 
-def init_weights(module: nn.Module, scheme: str = "burda") -> nn.Module:
-    """Re-initialise every :class:`torch.nn.Linear` in ``module`` in place; return ``module``.
 
-    ``burda``: the uniform initialisation of Glorot & Bengio (2010), U(+-sqrt(6 / (fan_in +
-    fan_out))), gain 1, and zero biases, as in the code of Burda et al. (2016). ``torch`` keeps
-    PyTorch's default, U(+-1/sqrt(fan_in)) weights and biases. (The data-dependent part of the
-    ``burda`` scheme, the decoder's output bias, is set by :func:`ppl_vae.initialization`.)
-    """
-    if scheme not in WEIGHT_INITS:
-        raise ConfigError(f"unknown weight init {scheme!r}; choose one of {', '.join(WEIGHT_INITS)}")
-    if scheme == "torch":
-        return module
+def glorot_(module: nn.Module) -> nn.Module:
+    """Every :class:`torch.nn.Linear` in ``module``: Glorot & Bengio's (2010) uniform weights,
+    U(+-sqrt(6 / (fan_in + fan_out))) (gain 1), and zero biases; in place, returns ``module``.
+    PyTorch's default is U(+-1/sqrt(fan_in)) for weights and biases."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)

@@ -23,7 +23,7 @@ from ppl_vae.cli import main
 from ppl_vae.errors import ConfigError
 from ppl_vae.guides import BottomUpGuide
 from ppl_vae.models import GaussianConditional, HierarchicalVAE
-from ppl_vae.nn import MLP, init_weights
+from ppl_vae.nn import MLP, glorot_
 
 
 def test_reset_conditional_is_the_given_gaussian_for_every_parent_and_still_learns():
@@ -78,7 +78,7 @@ def test_top_down_guide_with_standard_prior_init_builds_and_keeps_its_heads():
 
 def test_burda_init_glorot_weights_unit_scales_and_pixel_mean_bias(tiny_digits, tmp_path):
     torch.manual_seed(0)
-    net = init_weights(MLP([300, 200, 100], "tanh"), "burda")
+    net = glorot_(MLP([300, 200, 100], "tanh"))
     for layer in (net[0], net[2]):
         expected = 2 / (layer.in_features + layer.out_features)  # Glorot & Bengio, gain 1
         assert layer.weight.var().item() == pytest.approx(expected, rel=0.05)
@@ -86,7 +86,6 @@ def test_burda_init_glorot_weights_unit_scales_and_pixel_mean_bias(tiny_digits, 
     torch.manual_seed(0)
     default = MLP([300, 200, 100], "tanh")
     assert default[0].weight.var().item() == pytest.approx(1 / (3 * 300), rel=0.05)
-    assert init_weights(default, "torch") is default
     for dims in [(3,), (4, 2)]:
         cfg = TrainConfig(data="digits", latent_dims=dims, hidden=(16,), weight_init="burda",
                           epochs=0)
@@ -107,6 +106,9 @@ def test_bad_initialisation_names_are_one_line_errors(capsys):
         TrainConfig(prior_init="zero")
     with pytest.raises(ConfigError, match="unknown weight_init 'he'"):
         TrainConfig(weight_init="he")
+    with pytest.raises(ConfigError, match="unknown weight_init 'glorot\\+he'"):
+        TrainConfig(weight_init="glorot+he")
+    assert TrainConfig(weight_init="unit-scale+glorot").weight_init == "unit-scale+glorot"
     assert main(["train", "--data", "digits", "--out", "/tmp/never-written",
                  "--prior-init", "zero"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
