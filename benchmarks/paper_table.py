@@ -3,8 +3,10 @@
 Rows: VAE, IWAE-5, IWAE-50, DReG-5 (objectives ``trace``, ``iwae-5``, ``iwae-50``, ``dreg-5``),
 each with 1 stochastic layer (784-200-200-50, tanh) and 2 (784-200-200-100-100-100-50, tanh;
 guide ``--guide2``), the architecture of Burda, Grosse & Salakhutdinov (2016). Training as in
-their section 5: Adam (beta 0.9/0.999, eps 1e-4), batch 20, the ``burda`` schedule (3**i epochs at
-lr 1e-3 * 10**(-i/7), i = 0..7; 3280 epochs; ``--epochs`` caps it), early stopping on the
+their section 5: Adam (beta 0.9/0.999, eps 1e-4), batch 20 (``--batch-size``), the ``burda``
+schedule (3**i epochs at lr 1e-3 * 10**(-i/7), i = 0..7; 3280 epochs; ``--epochs`` caps it), the
+initialisation of their code (``--weight-init burda``: Glorot weights, unit initial scales, decoder
+bias at the pixel means; with PyTorch's default the 2-layer model collapses), early stopping on the
 validation ELBO (``--patience``), ``best.pt`` evaluated. Evaluation: log p(x) by importance
 sampling with the guide as proposal, K = 5000 on the full test set (``--k``,
 ``--test-points``), and active units per layer (Cov_x E_q[z_u|x] > 0.01).
@@ -70,7 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--guide2", default="bottom-up", help="guide of the 2-layer rows")
     p.add_argument("--prior-init", default="random",
                    help="2-layer rows: how p(z1|z2) starts, random or standard (TrainConfig)")
-    p.add_argument("--weight-init", default="torch", help="torch or burda (TrainConfig)")
+    p.add_argument("--weight-init", default="burda",
+                   help="burda (default: their code's initialisation) or torch (TrainConfig)")
     p.add_argument("--batch-size", type=int, default=COMMON["batch_size"],
                    help="minibatch size (Burda et al.: 20)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
