@@ -16,6 +16,10 @@ config     change
 2L-bu-iw5  objective iwae-5
 2L-bu-std  p(z1 | z2) starts as N(0, I) (``prior_init="standard"``)
 2L-td-std  top-down guide + ``prior_init="standard"``
+1L-b, 2L-bu-b, 2L-td-b   ``weight_init="burda"`` (Burda et al.'s initialisation)
+2L-bu-glorot, 2L-bu-unit-scale, 2L-bu-pixel-bias, 1L-pixel-bias, 2L-td-pixel-bias
+           one part of it alone (:mod:`ppl_vae.initialization`)
+2L-bu-b-wu ``burda`` + KL warm-up over the first half
 1L-hier    one layer, but built as HierarchicalVAE + TopDownGuide (L = 1): the
            2-layer code path without the second layer
 ========== ==================================================================
@@ -66,6 +70,8 @@ CONFIGS = {
     "2L-bu-unit-scale": dict(weight_init="unit-scale"),
     "2L-bu-pixel-bias": dict(weight_init="pixel-bias"),
     "2L-bu-b-wu": dict(weight_init="burda", kl_warmup_epochs="half"),
+    "1L-pixel-bias": dict(latent_dims=(50,), weight_init="pixel-bias"),
+    "2L-td-pixel-bias": dict(guide="top-down", weight_init="pixel-bias"),
 }
 
 

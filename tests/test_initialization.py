@@ -101,6 +101,25 @@ def test_burda_init_glorot_weights_unit_scales_and_pixel_mean_bias(tiny_digits, 
         torch.testing.assert_close(torch.sigmoid(bias), mean, atol=1e-6, rtol=0)
 
 
+def test_each_part_of_the_burda_init_applies_alone(tiny_digits, tmp_path):
+    cfg = dict(data="digits", latent_dims=(4, 2), hidden=(16,), epochs=0)
+    res = ppl_vae.train({**cfg, "weight_init": "pixel-bias"}, out=tmp_path / "p",
+                        dataset=tiny_digits, progress=False, plots=False)
+    assert res.model.decoder[0].bias.abs().max() > 0  # PyTorch's default bias kept
+    mean = tiny_digits.train.double().mean(0).clamp(1e-3, 1 - 1e-3)
+    torch.testing.assert_close(torch.sigmoid(res.model.decoder[-1].bias.double()), mean,
+                               atol=1e-6, rtol=0)
+    torch.manual_seed(0)
+    model, guide = build_model_and_guide(TrainConfig(**cfg, weight_init="glorot"), x_dim=64)
+    assert torch.equal(model.decoder[-1].bias, torch.zeros(64))  # no pixel bias
+    raw = guide.layers[0].net[-1].bias[4:]
+    assert torch.equal(raw, torch.zeros_like(raw))  # no unit scale: softplus(0) + min
+    model, guide = build_model_and_guide(TrainConfig(**cfg, weight_init="unit-scale"), x_dim=64)
+    scale = model.conditionals[0].loc_scale(torch.zeros(3, 2))[1]
+    assert scale.mean().item() == pytest.approx(1.0, abs=0.3)  # torch weights, unit-scale bias
+    assert model.decoder[0].bias.abs().max() > 0
+
+
 def test_bad_initialisation_names_are_one_line_errors(capsys):
     with pytest.raises(ConfigError, match="unknown prior_init 'zero'"):
         TrainConfig(prior_init="zero")
