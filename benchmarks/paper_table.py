@@ -30,6 +30,7 @@ stopped: rerun the same command after an interruption.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import sys
@@ -42,6 +43,7 @@ import torch
 
 import ppl_vae  # noqa: F401
 from ppl_vae.active_units import active_units
+from ppl_vae.checkpoint import atomic_write_bytes
 from ppl_vae.errors import CheckpointError
 from ppl_vae.marginal import importance_sampling
 from ppl_vae.reporting import markdown_table, resolve_device
@@ -127,6 +129,21 @@ def projected_epochs(metrics: pd.DataFrame, gap: float, goal: float) -> float:
 
 
 def evaluate_row(row: str, run_dir: Path, args, device) -> dict:
+    """The row's table entry, from ``OUT/<row>/paper_row.json`` when that was computed for the
+    same checkpoint and evaluation settings (so rows can be evaluated in separate processes)."""
+    cache = run_dir / "paper_row.json"
+    key = {"k": args.k, "test_points": args.test_points, "seed": args.seed,
+           "mtime_ns": (run_dir / "best.pt").stat().st_mtime_ns}
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return saved["row"]
+    result = _evaluate(row, run_dir, args, device)
+    atomic_write_bytes(cache, json.dumps({"key": key, "row": result}).encode())
+    return result
+
+
+def _evaluate(row: str, run_dir: Path, args, device) -> dict:
     run = load_run(run_dir, map_location=str(device))  # best.pt
     model, guide = run.model.to(device), run.guide.to(device)
     x = run.split("test")

@@ -296,8 +296,16 @@ def test_paper_table_smoke_writes_table_csv_and_plot_and_resumes(tmp_path):
     assert "](figures/table_nll_vs_epoch.png)" in text and "--smoke --rows" in text
     assert (tmp_path / "figures" / "table_nll_vs_epoch.png").stat().st_size > 1000
     stamp = (tmp_path / "out" / "vae-1l" / "checkpoint.pt").stat().st_mtime_ns
+    cache = tmp_path / "out" / "vae-1l" / "paper_row.json"
+    cached = json.loads(cache.read_text())
+    assert cached["row"]["test_nll"] == pytest.approx(float(df.test_nll.iloc[0]))
+    cached["row"]["test_nll"] = 12.5  # a cached row is read back, not recomputed
+    cache.write_text(json.dumps(cached))
     assert bench.main(argv) == 0  # finished rows are not retrained
     assert (tmp_path / "out" / "vae-1l" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    assert pd.read_csv(tmp_path / "out" / "paper_table.csv").test_nll.iloc[0] == 12.5
+    assert bench.main(argv + ["--seed", "1"]) == 0  # other settings: evaluated again
+    assert pd.read_csv(tmp_path / "out" / "paper_table.csv").test_nll.iloc[0] != 12.5
 
 
 def test_kingma_welling_smoke_writes_both_figures(tmp_path):
