@@ -2,27 +2,20 @@
 
 Burda et al.'s (2016) architecture (tanh, 784-200-200-z1(100) -100-100- z2(50)) on a subset of
 statically binarized MNIST; each config changes *one* factor against the baseline ``2L-bu``
-(bottom-up guide, no warm-up, Adam lr 1e-3, ``trace``):
+(bottom-up guide, no warm-up, Adam lr 1e-3, ``trace``, PyTorch's initialisation).
 
-========== ==================================================================
-config     change
-========== ==================================================================
-1L         one stochastic layer z(50): the reference
-2L-bu      baseline
-2L-bu-wu   KL warm-up over the first half of the epochs
-2L-bu-lr3  Adam lr 3e-4
-2L-td      top-down (ladder) guide
-2L-td-wu   top-down guide + warm-up
-2L-bu-iw5  objective iwae-5
-2L-bu-std  p(z1 | z2) starts as N(0, I) (``prior_init="standard"``)
-2L-td-std  top-down guide + ``prior_init="standard"``
-1L-b, 2L-bu-b, 2L-td-b   ``weight_init="burda"`` (Burda et al.'s initialisation)
-2L-bu-glorot, 2L-bu-unit-scale, 2L-bu-pixel-bias, 1L-pixel-bias, 2L-td-pixel-bias
-           one part of it alone (:mod:`ppl_vae.initialization`)
-2L-bu-b-wu ``burda`` + KL warm-up over the first half
-1L-hier    one layer, but built as HierarchicalVAE + TopDownGuide (L = 1): the
-           2-layer code path without the second layer
-========== ==================================================================
+Configs (``--configs``; ``--set KEY=VALUE`` changes a TrainConfig field in all of them):
+
+* ``1L``: one stochastic layer z(50), the reference; ``1L-100``: one layer of 100; ``1L-hier``:
+  one layer built as HierarchicalVAE + TopDownGuide (the 2-layer code path, L = 1).
+* ``2L-bu``: the baseline; ``2L-bu-wu``: KL warm-up over the first half of the epochs;
+  ``2L-bu-lr3``: Adam lr 3e-4; ``2L-bu-iw5``: objective iwae-5.
+* ``2L-td``, ``2L-td-wu``: the top-down (ladder) guide, without and with warm-up.
+* ``2L-bu-std``, ``2L-td-std``: ``prior_init="standard"`` (p(z1 | z2) starts as N(0, I)).
+* ``1L-b``, ``2L-bu-b``, ``2L-td-b``, ``2L-bu-b-wu``: ``weight_init="burda"``, the
+  initialisation of Burda et al.'s code (:mod:`ppl_vae.initialization`).
+* ``2L-bu-glorot``, ``2L-bu-unit-scale``, ``2L-bu-pixel-bias``, ``1L-pixel-bias``,
+  ``2L-td-pixel-bias``: one part of that initialisation alone.
 
 After every epoch: train/valid ELBO and active units per layer (Burda's criterion,
 Cov_x E_q[z_u|x] > 0.01, on the valid subset); at the end the IS estimate of log p(x) on the test
