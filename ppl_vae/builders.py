@@ -87,6 +87,7 @@ def _vae(config: TrainConfig, x_dim: int):
         model = VAEModel(x_dim, j, tuple(reversed(config.hidden)), config.likelihood_spec(),
                          config.activation)
         guide = IAFGuide(x_dim, j, config.hidden, config.activation, config.flow_depth)
+        _initialize(config, model, guide)
         return model, guide
     if depth > 1 and config.guide == "bottom-up" and _uses_analytic_kl(config.objective):
         raise ConfigError(
@@ -117,7 +118,8 @@ def _vae(config: TrainConfig, x_dim: int):
 
 
 def _initialize(config: TrainConfig, *modules) -> None:
-    """Apply ``config.weight_init`` to the networks of ``modules`` (after they are built)."""
+    """Apply ``config.weight_init`` to the networks of ``modules`` (after they are built; each
+    part where it applies, see :mod:`ppl_vae.initialization`)."""
     from ppl_vae.initialization import initialize_networks
 
     initialize_networks(config.weight_init, *modules)
@@ -147,6 +149,7 @@ def _sbn(config: TrainConfig, x_dim: int):
     (j,) = config.latent_dims
     model = SigmoidBeliefNetwork(x_dim, j, tuple(reversed(config.hidden)), config.activation)
     guide = BernoulliGuide(x_dim, j, config.hidden, config.activation)
+    _initialize(config, model, guide)
     return model, guide
 
 
@@ -173,6 +176,7 @@ def _autoencoder(config: TrainConfig, x_dim: int, denoising: bool):
                                     config.noise_type)
     else:
         guide = PointGuide(x_dim, j, config.hidden, config.activation)
+    _initialize(config, model, guide)
     return model, guide
 
 

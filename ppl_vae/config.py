@@ -162,10 +162,10 @@ class TrainConfig:
             raise ConfigError(f"unknown config keys {unknown}")
         return cls(**d)
 
-    # Fields that change the architecture or the meaning of the parameters: a checkpoint can only
-    # be resumed under a config that agrees on all of these.
+    # Fields that change the architecture or the meaning of the parameters, or how they started
+    # (the initialisation): a checkpoint can only be resumed under a config that agrees on all.
     ARCHITECTURE = ("data", "model", "guide", "latent_dims", "hidden", "likelihood", "min_scale",
-                    "activation", "flow_depth")
+                    "activation", "flow_depth", "weight_init", "prior_init")
 
     def differences(self, other: "TrainConfig", ignore=("epochs",)) -> dict:
         a, b = self.to_dict(), other.to_dict()

@@ -17,6 +17,10 @@ from PyTorch's default in three ways:
 
 With PyTorch's default a tanh VAE sits for hundreds of steps on a plateau where the decoder
 ignores z, and the two-layer model far longer (docs/hierarchical.md has the measurements).
+Each part applies wherever it can, in every model family: ``glorot`` to all linear layers
+(flows included), ``unit-scale`` to :class:`~ppl_vae.models.GaussianConditional` factors and the
+diagonal and IAF guides' encoders, ``pixel-bias`` to a model with a ``decoder`` network and a
+Bernoulli likelihood.
 ``prior_init="standard"`` makes each p(z_l | z_{l+1}) start as N(0, I)
 (:meth:`ppl_vae.models.HierarchicalVAE.reset_conditionals`).
 """
@@ -66,7 +70,7 @@ def _last_linear(net: nn.Module) -> nn.Linear | None:
 
 def initialize_networks(scheme: str, *modules: nn.Module) -> None:
     """The data-independent parts of ``scheme`` on ``modules`` (models, guides), in place."""
-    from ppl_vae.guides import DiagonalNormalGuide
+    from ppl_vae.guides import DiagonalNormalGuide, IAFGuide
     from ppl_vae.models import GaussianConditional
 
     parts = weight_init_parts(scheme)
@@ -76,9 +80,9 @@ def initialize_networks(scheme: str, *modules: nn.Module) -> None:
         if "unit-scale" not in parts:
             continue
         for m in module.modules():
-            if isinstance(m, GaussianConditional):
+            if isinstance(m, GaussianConditional) and _last_linear(m.net) is not None:
                 unit_scale_(_last_linear(m.net), m.dim, m.min_scale)
-            elif isinstance(m, DiagonalNormalGuide):
+            elif isinstance(m, (DiagonalNormalGuide, IAFGuide)):
                 unit_scale_(_last_linear(m.encoder), m.latent_dim, m.min_scale)
 
 
@@ -89,8 +93,8 @@ def initialize_output_bias(scheme: str, model: nn.Module, x_train: torch.Tensor)
             or not getattr(likelihood, "binary", False):
         return
     last = _last_linear(decoder)
-    mean = x_train.double().mean(0).clamp(1e-3, 1 - 1e-3)
-    if last is None or last.bias.shape != mean.shape:
+    mean = x_train.mean(0, dtype=torch.float64).clamp(1e-3, 1 - 1e-3)
+    if last is None or last.bias is None or last.bias.shape != mean.shape:
         return
     with torch.no_grad():
         last.bias.copy_(torch.logit(mean).to(last.bias))

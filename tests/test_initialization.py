@@ -14,6 +14,7 @@ import math
 import pyro
 import pytest
 import torch
+import torch.nn.functional as F
 from pyro import poutine
 
 import ppl_vae
@@ -115,9 +116,33 @@ def test_each_part_of_the_burda_init_applies_alone(tiny_digits, tmp_path):
     raw = guide.layers[0].net[-1].bias[4:]
     assert torch.equal(raw, torch.zeros_like(raw))  # no unit scale: softplus(0) + min
     model, guide = build_model_and_guide(TrainConfig(**cfg, weight_init="unit-scale"), x_dim=64)
-    scale = model.conditionals[0].loc_scale(torch.zeros(3, 2))[1]
-    assert scale.mean().item() == pytest.approx(1.0, abs=0.3)  # torch weights, unit-scale bias
+    for c in (model.conditionals[0], *guide.layers):
+        last = c.net[-1]
+        torch.testing.assert_close(F.softplus(last.bias[c.dim:]) + c.min_scale,
+                                   torch.ones(c.dim))  # the scale half of the bias only
+        assert last.weight.abs().min() > 0 and last.bias[: c.dim].abs().max() > 0  # torch's
     assert model.decoder[0].bias.abs().max() > 0
+
+
+def test_burda_init_reaches_the_iaf_guide_and_the_autoencoders():
+    cfg = dict(latent_dims=(3,), hidden=(16,), weight_init="burda")
+    model, guide = build_model_and_guide(TrainConfig(**cfg, guide="iaf"), x_dim=20)
+    torch.testing.assert_close(guide.encode(torch.zeros(2, 20))[1], torch.ones(2, 3))
+    for family in ("ae", "sbn"):
+        model, guide = build_model_and_guide(TrainConfig(**cfg, model=family), x_dim=20)
+        assert all(m.bias.abs().max() == 0 for m in model.modules()
+                   if isinstance(m, torch.nn.Linear))
+
+
+def test_resume_under_another_initialisation_is_refused(tiny_digits, tmp_path):
+    cfg = dict(data="digits", latent_dims=(3,), hidden=(16,), epochs=1, weight_init="burda")
+    ppl_vae.train(cfg, out=tmp_path, dataset=tiny_digits, progress=False, plots=False)
+    with pytest.raises(ppl_vae.errors.CheckpointError, match="weight_init: checkpoint 'burda'"):
+        ppl_vae.train(None, out=tmp_path, resume=True, dataset=tiny_digits, progress=False,
+                      plots=False, epochs=2, weight_init="torch")
+    res = ppl_vae.train(None, out=tmp_path, resume=True, dataset=tiny_digits, progress=False,
+                        plots=False, epochs=2)
+    assert res.config.weight_init == "burda" and len(res.metrics) == 2
 
 
 def test_bad_initialisation_names_are_one_line_errors(capsys):

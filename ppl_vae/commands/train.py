@@ -47,7 +47,7 @@ FLAGS = {
     "--adam-betas": ("adam_betas", str, "Adam B1,B2 (default 0.9,0.999)"),
     "--prior-init": ("prior_init", str, "several stochastic layers: how p(z_l|z_l+1) start, "
                      "random (default) or standard (N(0,I): start as the 1-layer VAE)"),
-    "--weight-init": ("weight_init", str, "vae: torch (PyTorch's default) or burda (Glorot "
+    "--weight-init": ("weight_init", str, "torch (PyTorch's default) or burda (Glorot "
                       "weights, unit initial scales, decoder bias at the pixel means; or a "
                       "+-joined subset of glorot, unit-scale, pixel-bias)"),
 }
