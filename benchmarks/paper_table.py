@@ -83,6 +83,9 @@ def parse_args(argv=None):
     p.add_argument("--train-only", action="store_true",
                    help="train (or resume) the rows and stop: several such processes can train "
                         "rows side by side; a later run without it evaluates and tabulates")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate and tabulate the rows as trained so far, training nothing "
+                        "(rows trained with different --epochs in one table)")
     p.add_argument("--k", type=int, default=5000, help="IS samples per test point")
     p.add_argument("--test-points", type=int, default=None, help="default: the full test set")
     p.add_argument("--device", default="cpu")
@@ -236,8 +239,11 @@ def main(argv=None) -> int:
     results, runs = [], {}
     for row in rows:
         run_dir = out / row
+        if args.eval_only and not (run_dir / "checkpoint.pt").is_file():
+            raise SystemExit(f"{row}: no {run_dir / 'checkpoint.pt'} to evaluate (--eval-only)")
         try:
-            train_row(run_dir, row_config(row, args), args, device)
+            if not args.eval_only:
+                train_row(run_dir, row_config(row, args), args, device)
         except CheckpointError as exc:
             raise SystemExit(f"{row}: {exc}")
         if args.train_only:
