@@ -305,6 +305,8 @@ def test_paper_table_smoke_writes_table_csv_and_plot_and_resumes(tmp_path):
     assert (tmp_path / "out" / "vae-1l" / "checkpoint.pt").stat().st_mtime_ns == stamp
     assert pd.read_csv(tmp_path / "out" / "paper_table.csv").test_nll.iloc[0] == 12.5
     assert bench.main(argv + ["--seed", "1"]) == 0  # other settings: evaluated again
+    assert bench.main(argv + ["--row-k", "iwae-5-2l=7", "--eval-only"]) == 0
+    assert pd.read_csv(tmp_path / "out" / "paper_table.csv").k.tolist() == [20, 7]
     with pytest.raises(SystemExit, match="no .*dreg-5-1l.*checkpoint.pt to evaluate"):
         bench.main(argv[:2] + ["dreg-5-1l"] + argv[3:] + ["--eval-only"])
     assert pd.read_csv(tmp_path / "out" / "paper_table.csv").test_nll.iloc[0] != 12.5
