@@ -69,6 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--kl-warmup", type=int, default=0, help="KL warm-up epochs (all configs)")
     p.add_argument("--objective", default="trace")
+    p.add_argument("--weight-init", default="burda",
+                   help="burda (default; Burda et al.'s initialisation) or torch (PyTorch's)")
     p.add_argument("--particles", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=5000, help="importance samples per test point")
@@ -119,7 +121,7 @@ def main(argv=None) -> int:
     for name in names:
         config = {**COMMON, **CONFIGS[name], "data": args.data, "epochs": args.epochs,
                   "kl_warmup_epochs": args.kl_warmup, "objective": args.objective,
-                  "particles": args.particles, "seed": args.seed}
+                  "particles": args.particles, "seed": args.seed, "weight_init": args.weight_init}
         run_dir = out / name
         t0 = time.perf_counter()
         model, guide, metrics = _trained(run_dir, config, dataset, args)
