@@ -36,7 +36,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ppl_vae.errors import ConfigError
-from ppl_vae.nn import MLP
+from ppl_vae.nn import MLP, last_linear, softplus_inverse
 from ppl_vae.plates import data_plate
 
 from .likelihoods import make_likelihood
@@ -119,19 +119,16 @@ class GaussianConditional(nn.Module):
         L-layer model start as the one-layer VAE with a standard-normal prior on z1 and unused
         upper layers (docs/hierarchical.md has the measurement behind it).
         """
-        linears = [m for m in self.net.modules() if isinstance(m, nn.Linear)]
-        if not linears:
+        last = last_linear(self.net)
+        if last is None:
             raise ConfigError("GaussianConditional.reset_to needs a network that ends in a "
                               "torch.nn.Linear layer")
         if not scale > self.min_scale:
             raise ConfigError(f"scale must exceed min_scale = {self.min_scale}, got {scale}")
-        last = linears[-1]
-        raw = float(scale) - self.min_scale
-        raw_bias = raw + torch.log(-torch.expm1(-torch.tensor(raw, dtype=torch.float64)))
         with torch.no_grad():
             last.weight.zero_()
             last.bias[: self.dim].fill_(float(loc))
-            last.bias[self.dim:].fill_(float(raw_bias))
+            last.bias[self.dim:].fill_(softplus_inverse(float(scale) - self.min_scale))
         return self
 
     def loc_scale(self, parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

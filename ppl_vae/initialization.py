@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .nn import glorot_
+from .nn import glorot_, last_linear, softplus_inverse
 
 __all__ = ["WEIGHT_INIT_PARTS", "weight_init_parts", "initialize_networks",
            "initialize_output_bias", "unit_scale_"]
@@ -55,17 +55,13 @@ def weight_init_parts(scheme: str) -> tuple[str, ...]:
     return parts
 
 
-def unit_scale_(linear: nn.Linear, dim: int, min_scale: float) -> None:
+def unit_scale_(linear: nn.Linear | None, dim: int, min_scale: float) -> None:
     """Set the raw-scale half of ``linear``'s bias (outputs ``dim:``) so that
-    softplus(bias) + ``min_scale`` = 1."""
-    raw = torch.tensor(1.0 - float(min_scale), dtype=torch.float64)
+    softplus(bias) + ``min_scale`` = 1; nothing for a network without a linear layer."""
+    if linear is None:
+        return
     with torch.no_grad():
-        linear.bias[dim:].fill_(float(raw + torch.log(-torch.expm1(-raw))))
-
-
-def _last_linear(net: nn.Module) -> nn.Linear | None:
-    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
+        linear.bias[dim:].fill_(softplus_inverse(1.0 - float(min_scale)))
 
 
 def initialize_networks(scheme: str, *modules: nn.Module) -> None:
@@ -80,10 +76,10 @@ def initialize_networks(scheme: str, *modules: nn.Module) -> None:
         if "unit-scale" not in parts:
             continue
         for m in module.modules():
-            if isinstance(m, GaussianConditional) and _last_linear(m.net) is not None:
-                unit_scale_(_last_linear(m.net), m.dim, m.min_scale)
+            if isinstance(m, GaussianConditional):
+                unit_scale_(last_linear(m.net), m.dim, m.min_scale)
             elif isinstance(m, (DiagonalNormalGuide, IAFGuide)):
-                unit_scale_(_last_linear(m.encoder), m.latent_dim, m.min_scale)
+                unit_scale_(last_linear(m.encoder), m.latent_dim, m.min_scale)
 
 
 def initialize_output_bias(scheme: str, model: nn.Module, x_train: torch.Tensor) -> None:
@@ -92,7 +88,7 @@ def initialize_output_bias(scheme: str, model: nn.Module, x_train: torch.Tensor)
     if "pixel-bias" not in weight_init_parts(scheme) or decoder is None \
             or not getattr(likelihood, "binary", False):
         return
-    last = _last_linear(decoder)
+    last = last_linear(decoder)
     mean = x_train.mean(0, dtype=torch.float64).clamp(1e-3, 1 - 1e-3)
     if last is None or last.bias is None or last.bias.shape != mean.shape:
         return

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["MLP", "ACTIVATIONS", "glorot_"]
+__all__ = ["MLP", "ACTIVATIONS", "glorot_", "last_linear", "softplus_inverse"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
 
@@ -37,6 +38,16 @@ class MLP(nn.Sequential):
         self.sizes = tuple(sizes)
 
 
+def last_linear(net: nn.Module) -> nn.Linear | None:
+    """The last :class:`torch.nn.Linear` inside ``net`` (its output layer), or None."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def softplus_inverse(y: float) -> float:
+    """The x with softplus(x) = ``y`` > 0: log(expm1(y)), computed stably in float64."""
+    t = torch.tensor(float(y), dtype=torch.float64)
+    return float(t + torch.log(-torch.expm1(-t)))
 
 
 def glorot_(module: nn.Module) -> nn.Module:
@@ -46,5 +57,6 @@ def glorot_(module: nn.Module) -> nn.Module:
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
     return module

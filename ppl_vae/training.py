@@ -39,10 +39,10 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .builders import build_model_and_guide
-from .initialization import initialize_output_bias
 from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Dataset, load_dataset
+from .initialization import initialize_output_bias
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .handlers import ScaleLatents
 from .objectives import make_objective
