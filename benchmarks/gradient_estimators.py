@@ -13,10 +13,11 @@ the script
 2. **checkpoint statistics**: trains a copy for ``--pretrain-steps`` with a reference estimator
    (``reparam`` for the VAE, ``score-nn`` for the SBN) and, at those fixed parameters, draws G =
    ``--draws`` gradient estimates per estimator on one fixed minibatch
-   (:func:`ppl_vae.gradient_variance.gradient_statistics`): total / encoder / decoder variance, median
+   (:func:`ppl_vae.analysis.gradient_variance.gradient_statistics`): total / encoder / decoder
+   variance, median
    SNR, cosine to the reparam (or, for the SBN, score-avg) mean gradient, seconds per gradient;
 3. **convergence**: trains one copy per estimator from the common initial weights, same seed,
-   same minibatch sequence, ``--steps`` steps (:func:`ppl_vae.estimator_comparison.
+   same minibatch sequence, ``--steps`` steps (:func:`ppl_vae.analysis.estimator_comparison.
    compare_estimators`): ELBO on the evaluation set vs steps and vs seconds, final IS
    log-likelihood with K = ``--is-samples``.
 
@@ -29,7 +30,8 @@ Writes under ``--out`` (default ``benchmarks/results/gradient_estimators``), per
 Usage::
 
     python benchmarks/gradient_estimators.py                       # digits + binarized MNIST
-    python benchmarks/gradient_estimators.py --datasets digits --quick   # a smoke run (a few minutes)
+    python benchmarks/gradient_estimators.py --datasets digits --quick   # a smoke run (a few
+    minutes)
 
 Binarized MNIST is read from ``../shared/data/binarized_mnist.npz`` (``--mnist PATH`` to
 override). Timings are only comparable within one run on an otherwise idle machine.
@@ -51,15 +53,15 @@ import pyro
 import torch
 
 import ppl_vae
-from ppl_vae.data import binary_splits
-from ppl_vae.estimator_comparison import (
+from ppl_vae.analysis.estimator_comparison import (
     build_pair,
     compare_estimators,
     plot_comparison,
     summary_table,
 )
-from ppl_vae.gradient_variance import gradient_statistics, statistics_frame
-from ppl_vae.objectives import comparison_objectives, objective_spec
+from ppl_vae.analysis.gradient_variance import gradient_statistics, statistics_frame
+from ppl_vae.infer.objectives import comparison_objectives, objective_spec
+from ppl_vae.io.data import binary_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST = ROOT.parent / "shared" / "data" / "binarized_mnist.npz"

@@ -15,7 +15,7 @@ the (statically binarized) test split: log p(x) by importance sampling with the 
 (``ppl_vae.marginal.importance_sampling``, K = ``--k`` samples per point, 5000 by default as in
 Burda et al.), its standard error across test points, the ELBO (mean log weight), and the number
 of active units per layer (Burda et al.'s criterion Cov_x(E_q[z_u|x]) > 0.01,
-``ppl_vae.active_units``).
+``ppl_vae.analysis.active_units``).
 
 Usage (the full measurement; CPU, hours — see docs/hierarchical.md)::
 
@@ -44,13 +44,13 @@ import pandas as pd
 import torch
 
 import ppl_vae  # noqa: F401  (settings, registries)
-from ppl_vae.active_units import active_units
-from ppl_vae.config import TrainConfig
-from ppl_vae.data import load_dataset
+from ppl_vae.analysis.active_units import active_units
 from ppl_vae.errors import CheckpointError
+from ppl_vae.io.data import load_dataset
 from ppl_vae.marginal import importance_sampling
-from ppl_vae.runs import load_run
-from ppl_vae.training import train
+from ppl_vae.training.config import TrainConfig
+from ppl_vae.training.loop import train
+from ppl_vae.training.runs import load_run
 
 CONFIGS = {
     "1-layer": dict(latent_dims=(50,), guide="bottom-up"),

@@ -6,7 +6,8 @@ layer, ``--hidden``; 500 for MNIST in the paper), for each latent size in ``--la
 (paper: 3, 5, 10, 20, 200): the training and test lower bound (ELBO per point) vs the number of
 training points seen.
 
-Figure 3: AEVB vs wake-sleep vs Monte Carlo EM (:class:`ppl_vae.mcem.MonteCarloEM`: HMC E-step,
+Figure 3: AEVB vs wake-sleep vs Monte Carlo EM (:class:`ppl_vae.infer.mcem.MonteCarloEM`: HMC
+E-step,
 10 leapfrog steps, step size adapted to 90% acceptance, 5 Adam M-steps; no guide), latent size
 3, 100 hidden units, for each training-set size in ``--train-sizes`` (paper: 1000 and 50000):
 the estimated marginal log-likelihood of the test points vs training points seen. Every method
@@ -37,13 +38,13 @@ import pyro
 import torch
 
 import ppl_vae  # noqa: F401
-from ppl_vae.builders import build_model_and_guide
-from ppl_vae.config import TrainConfig
-from ppl_vae.data import Dataset, load_dataset
+from ppl_vae.infer.mcem import MonteCarloEM
+from ppl_vae.io.data import Dataset, load_dataset
+from ppl_vae.io.reporting import resolve_device
 from ppl_vae.marginal import naive_monte_carlo
-from ppl_vae.mcem import MonteCarloEM
-from ppl_vae.reporting import resolve_device
-from ppl_vae.training import estimate_elbo, train
+from ppl_vae.training.builders import build_model_and_guide
+from ppl_vae.training.config import TrainConfig
+from ppl_vae.training.loop import estimate_elbo, train
 
 METHODS = {"AEVB": "trace", "wake-sleep": "ws"}
 
@@ -87,7 +88,7 @@ def _svi_curve(args, ds, latent, hidden, method, score) -> list[dict]:
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
         res = train({**cfg, "epochs": epoch}, out=run_dir, resume=epoch > 1, dataset=ds,
-                    progress=False, plots=False, device=args.device, epochs=epoch)
+                    progress=False, device=args.device, epochs=epoch)
         res.model.eval(), res.guide.eval()
         rows.append({"method": method, "latent": latent, "n_train": len(ds.train),
                      "epoch": epoch, "points_seen": epoch * len(ds.train),
@@ -140,7 +141,7 @@ def _mcem_curve(args, ds, latent, hidden) -> list[dict]:
 def _plot(df: pd.DataFrame, y: list[str], panel: str, path: Path, title: str) -> None:
     from matplotlib.ticker import NullFormatter
 
-    from ppl_vae.plots import plt, save_figure
+    from ppl_vae.io.plots import plt, save_figure
 
     keys = sorted(df[panel].unique())
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)

@@ -78,7 +78,8 @@ def parse_args(argv=None):
                    help="AIS on the first N points only (default 500; 0 = skip AIS)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="CSV path (default RUN/marginal_likelihood_table.csv)")
+    p.add_argument("--out", default=None,
+                   help="CSV path (default RUN/marginal_likelihood_table.csv)")
     p.add_argument("--md", default=None, help="markdown path (default: the CSV path with .md)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     return p.parse_args(argv)
@@ -95,7 +96,8 @@ def commands(args) -> list[list[str]]:
     if args.ais_limit:
         ais_limit = min(args.ais_limit, args.limit) if args.limit else args.ais_limit
         rows.append(base + ["--estimator", "ais", "--samples", str(args.ais_samples),
-                            "--anneal-steps", str(args.ais_steps), "--leapfrog", str(args.ais_leapfrog),
+                            "--anneal-steps", str(args.ais_steps),
+                            "--leapfrog", str(args.ais_leapfrog),
                             "--init", args.ais_init, "--limit", str(ais_limit)])
     return rows
 

@@ -42,13 +42,13 @@ import pandas as pd
 import torch
 
 import ppl_vae  # noqa: F401
-from ppl_vae.active_units import active_units
-from ppl_vae.checkpoint import atomic_write_bytes
+from ppl_vae.analysis.active_units import active_units
 from ppl_vae.errors import CheckpointError
+from ppl_vae.io.checkpoint import atomic_write_bytes
+from ppl_vae.io.reporting import markdown_table, resolve_device
 from ppl_vae.marginal import importance_sampling
-from ppl_vae.reporting import markdown_table, resolve_device
-from ppl_vae.runs import load_run
-from ppl_vae.training import train
+from ppl_vae.training.loop import train
+from ppl_vae.training.runs import load_run
 
 OBJECTIVES = {"vae": "trace", "iwae-5": "iwae-5", "iwae-50": "iwae-50", "dreg-5": "dreg-5"}
 LAYERS = {"1l": dict(latent_dims=(50,)), "2l": dict(latent_dims=(100, 50))}
@@ -123,7 +123,7 @@ def train_row(run_dir: Path, cfg: dict, args, device) -> None:
     """Train (or resume) the row's run to ``cfg['epochs']`` epochs or early stopping."""
     resume = (run_dir / "checkpoint.pt").is_file()
     train(cfg if not resume else None, out=run_dir, resume=resume, device=device,
-          progress=not args.no_progress, plots=False,
+          progress=not args.no_progress,
           **({"epochs": cfg["epochs"], "patience": cfg["patience"]} if resume else {}))
 
 
@@ -205,7 +205,7 @@ def add_goals(df: pd.DataFrame, runs: dict, smoke: bool = False) -> pd.DataFrame
 
 
 def plot(runs: dict, df: pd.DataFrame, path: Path) -> None:
-    from ppl_vae.plots import plt, save_figure
+    from ppl_vae.io.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row, m in runs.items():

@@ -231,7 +231,7 @@ def binarized_subset(n_train: int, out_dir: Path) -> Path:
 
 
 def cli(*args) -> list[str]:
-    return [sys.executable, "-m", "ppl_vae.cli", *map(str, args)]
+    return [sys.executable, "-m", "ppl_vae.commands.cli", *map(str, args)]
 
 
 def run_process(cmd, env) -> tuple[float, str]:
@@ -273,8 +273,8 @@ def bench_train(objective, data, epochs, repeats, env, tmp) -> list[dict]:
 
 
 def _pair():
-    from ppl_vae.config import TrainConfig
-    from ppl_vae.builders import build_model_and_guide
+    from ppl_vae.training.builders import build_model_and_guide
+    from ppl_vae.training.config import TrainConfig
 
     return build_model_and_guide(TrainConfig(latent_dims=(50,), hidden=(500, 500)), 784)
 
@@ -309,7 +309,8 @@ def bench_objective_steps(x, repeats, steps) -> list[dict]:
                     reinforce.step(vae, opt, xb, n)
 
         times = interleave({"ours": ours, "ref": ref}, repeats)
-        label = f"{name} step vs hand-written {'batched IWAE' if ref_kind == 'iwae' else 'REINFORCE + average baseline'}"
+        ref_name = "batched IWAE" if ref_kind == "iwae" else "REINFORCE + average baseline"
+        label = f"{name} step vs hand-written {ref_name}"
         rows.append(ratio_row(label, times, "ours", "ref", per=steps, goal=goal))
     return rows
 

@@ -13,7 +13,7 @@ Configs (``--configs``; ``--set KEY=VALUE`` changes a TrainConfig field in all o
 * ``2L-td``, ``2L-td-wu``: the top-down (ladder) guide, without and with warm-up.
 * ``2L-bu-std``, ``2L-td-std``: ``prior_init="standard"`` (p(z1 | z2) starts as N(0, I)).
 * ``1L-b``, ``2L-bu-b``, ``2L-td-b``, ``2L-bu-b-wu``: ``weight_init="burda"``, the
-  initialisation of Burda et al.'s code (:mod:`ppl_vae.initialization`).
+  initialisation of Burda et al.'s code (:mod:`ppl_vae.training.initialization`).
 * ``2L-bu-glorot``, ``2L-bu-unit-scale``, ``2L-bu-pixel-bias``, ``1L-pixel-bias``,
   ``2L-td-pixel-bias``: one part of that initialisation alone.
 
@@ -36,11 +36,11 @@ import pandas as pd
 import torch
 
 import ppl_vae  # noqa: F401
-from ppl_vae.active_units import active_units
-from ppl_vae.data import Dataset, load_dataset
+from ppl_vae.analysis.active_units import active_units
+from ppl_vae.io.data import Dataset, load_dataset
+from ppl_vae.io.reporting import markdown_table
 from ppl_vae.marginal import importance_sampling
-from ppl_vae.reporting import markdown_table
-from ppl_vae.training import train
+from ppl_vae.training.loop import train
 
 BASE = dict(latent_dims=(100, 50), hidden=(200, 200), activation="tanh", likelihood="bernoulli",
             batch_size=100, lr=1e-3, guide="bottom-up", objective="trace")
@@ -82,7 +82,7 @@ def run_config(name: str, ds: Dataset, args, out: Path) -> list[dict]:
     run_dir, rows = out / name, []
     for epoch in range(1, args.epochs + 1):
         res = train({**config, "epochs": epoch}, out=run_dir, resume=epoch > 1, dataset=ds,
-                    progress=False, plots=False, epochs=epoch, device=args.device)
+                    progress=False, epochs=epoch, device=args.device)
         res.guide.eval()
         units = active_units(res.guide, ds.valid, num_samples=10, seed=args.seed)
         res.guide.train()

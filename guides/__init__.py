@@ -1,10 +1,10 @@
 """Pyro guides q(z|x), installed as ``ppl_vae.guides`` (source folder ``guides/``)."""
 
-from .bernoulli import BernoulliGuide
-from .diagonal_normal import DiagonalNormalGuide
-from .iaf import IAFGuide
-from .point import DenoisingPointGuide, PointGuide
-from .hierarchical import BottomUpGuide, TopDownGuide, precision_weighted
+from ppl_vae.guides.bernoulli import BernoulliGuide
+from ppl_vae.guides.diagonal_normal import DiagonalNormalGuide
+from ppl_vae.guides.hierarchical import BottomUpGuide, TopDownGuide, precision_weighted
+from ppl_vae.guides.iaf import IAFGuide
+from ppl_vae.guides.point import DenoisingPointGuide, PointGuide
 
 __all__ = [
     "DenoisingPointGuide",

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule
 
 from ppl_vae.nn import MLP
-from ppl_vae.plates import data_plate
+from ppl_vae.poutine.plates import data_plate
 
 __all__ = ["DiagonalNormalGuide"]
 

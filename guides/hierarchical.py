@@ -45,7 +45,7 @@ from ppl_vae.models.hierarchical import (
     latent_site,
 )
 from ppl_vae.nn import ACTIVATIONS, MLP
-from ppl_vae.plates import data_plate
+from ppl_vae.poutine.plates import data_plate
 
 __all__ = ["BottomUpGuide", "TopDownGuide", "precision_weighted"]
 

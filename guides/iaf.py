@@ -31,7 +31,7 @@ from torch import nn
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.nn import MLP
-from ppl_vae.plates import data_plate
+from ppl_vae.poutine.plates import data_plate
 
 __all__ = ["IAFGuide"]
 

@@ -21,7 +21,7 @@ from pyro.nn import PyroModule
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.nn import MLP
-from ppl_vae.plates import data_plate
+from ppl_vae.poutine.plates import data_plate
 
 __all__ = ["PointGuide", "DenoisingPointGuide", "NOISE_TYPES", "corrupt"]
 

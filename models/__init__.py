@@ -1,16 +1,16 @@
 """Pyro models p(z) p(x|z), installed as ``ppl_vae.models`` (source folder ``models/``)."""
 
-from .likelihoods import (
+from ppl_vae.models.autoencoder import AutoencoderModel
+from ppl_vae.models.hierarchical import GaussianConditional, HierarchicalVAE
+from ppl_vae.models.likelihoods import (
     LIKELIHOODS,
     BernoulliLikelihood,
     GaussianLikelihood,
     Likelihood,
     make_likelihood,
 )
-from .hierarchical import GaussianConditional, HierarchicalVAE
-from .sbn import SigmoidBeliefNetwork
-from .vae import VAEModel
-from .autoencoder import AutoencoderModel
+from ppl_vae.models.sbn import SigmoidBeliefNetwork
+from ppl_vae.models.vae import VAEModel
 
 __all__ = [
     "AutoencoderModel",

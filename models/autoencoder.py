@@ -19,7 +19,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 from torch.distributions import constraints
 
-from .vae import VAEModel
+from ppl_vae.models.vae import VAEModel
 
 __all__ = ["AutoencoderModel"]
 

@@ -36,10 +36,9 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.models.likelihoods import make_likelihood
 from ppl_vae.nn import MLP, last_linear, softplus_inverse
-from ppl_vae.plates import data_plate
-
-from .likelihoods import make_likelihood
+from ppl_vae.poutine.plates import data_plate
 
 __all__ = ["GaussianConditional", "HierarchicalVAE", "latent_site", "between_hidden",
            "PRIOR_INITS"]
@@ -209,7 +208,8 @@ class HierarchicalVAE(PyroModule):
         z_{l+1} and z_l: ``len(hidden)`` layers of width dim(z_l) (:func:`between_hidden`). With
         ``latent_dims=(100, 50)``, ``hidden=(200, 200)``, tanh: their two-stochastic-layer model.
 
-        ``prior_init``: ``"random"`` (PyTorch's default initialisation everywhere) or ``"standard"``:
+        ``prior_init``: ``"random"`` (PyTorch's default initialisation everywhere) or
+        ``"standard"``:
         every conditional p(z_l | z_{l+1}) starts as N(0, I) (:meth:`GaussianConditional.reset_to`),
         so the model starts as a one-layer VAE whose upper layers are unused until they help.
         """

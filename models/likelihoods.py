@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from ppl_vae.errors import ConfigError, DataError
 
-__all__ = ["Likelihood", "BernoulliLikelihood", "LogitBernoulli", "GaussianLikelihood", "make_likelihood", "LIKELIHOODS"]
+__all__ = ["Likelihood", "BernoulliLikelihood", "LogitBernoulli", "GaussianLikelihood",
+           "make_likelihood", "LIKELIHOODS"]
 
 
 class Likelihood:

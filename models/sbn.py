@@ -21,10 +21,9 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from ppl_vae.models.likelihoods import BernoulliLikelihood
 from ppl_vae.nn import MLP
-from ppl_vae.plates import data_plate
-
-from .likelihoods import BernoulliLikelihood
+from ppl_vae.poutine.plates import data_plate
 
 __all__ = ["SigmoidBeliefNetwork"]
 

@@ -16,10 +16,9 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
+from ppl_vae.models.likelihoods import make_likelihood
 from ppl_vae.nn import MLP
-from ppl_vae.plates import data_plate
-
-from .likelihoods import make_likelihood
+from ppl_vae.poutine.plates import data_plate
 
 __all__ = ["VAEModel"]
 
@@ -29,7 +28,7 @@ class VAEModel(PyroModule):
 
     Call as ``model(x, num_data=None)``. With ``x=None`` pass ``batch_size`` to sample from the
     generative model. ``num_data`` is the full data-set size during minibatch training (the data
-    plate then rescales the minibatch log-density, see :mod:`ppl_vae.plates`).
+    plate then rescales the minibatch log-density, see :mod:`ppl_vae.poutine.plates`).
 
     Sites: latent ``"z"`` of shape ``(batch, latent_dim)``; observed ``"x"`` of shape
     ``(batch, x_dim)``.

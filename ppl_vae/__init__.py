@@ -3,6 +3,30 @@
 The generative model p(z) p(x|z) is a Pyro model, the encoder q(z|x) a Pyro guide; training,
 gradient estimators and marginal-likelihood estimators work on any such pair.
 
+Layout, by role (as Pyro groups ``infer/ poutine/ distributions/ nn/``), lowest layer first:
+
+==========================  ==================================================================
+``ppl_vae.errors``          the exception hierarchy (one line per mistake, exit code 2)
+``ppl_vae.nn``              networks: :class:`~ppl_vae.nn.MLP`, initialisation helpers
+``ppl_vae.poutine``         effect handlers, the data plate, and the one trace vocabulary
+``ppl_vae.models``          generative models p(z) p(x|z) (``models/`` in the repository)
+``ppl_vae.guides``          guides q(z|x) (``guides/`` in the repository)
+``ppl_vae.io``              data sets, checkpoints, CSV/JSON reporting, figures
+``ppl_vae.infer``           objectives (the registry), ELBO classes, SVI, Monte Carlo EM
+``ppl_vae.marginal``        log p(x) estimation (naive MC, IS, AIS) and imputation
+``ppl_vae.training``        configuration, builders, initialisation, schedules, the training
+                            loop, callbacks, runs, torch.distributed
+``ppl_vae.analysis``        what a trained pair is for: generation, representation, posterior
+                            inference, active units, gradient statistics, estimator comparison,
+                            end-of-run reports
+``ppl_vae.commands``        the ``ppl-vae`` command line: argument parsing and printing only
+==========================  ==================================================================
+
+Rules: a module imports only from its own layer and the layers listed before it (checked by
+``tests/test_layout.py``); the command line holds no computation a Python user could not call;
+the training loop writes what resuming needs, and everything else (figures, reports, loggers)
+is a :class:`~ppl_vae.training.callbacks.Callback` the caller attaches.
+
 ppl_vae leaves Pyro's global settings alone: our models are ordinary ``PyroModule`` s, so Pyro's
 stock ``pyro.infer.SVI`` trains them too; :class:`ppl_vae.SVI` optimizes each model's own
 parameters, so several models in one process never share weights through the param store.
@@ -17,35 +41,37 @@ import importlib
 
 __version__ = "0.1.0"
 
-# public name -> the module that defines it
-_EXPORTS = {
-    "CheckpointError": "errors", "ConfigError": "errors", "DataError": "errors",
-    "PplVaeError": "errors", "TrainingDivergedError": "errors",
-    "Objective": "objectives", "available_objectives": "objectives",
-    "can_infer_discrete": "objectives", "comparison_objectives": "objectives",
-    "make_objective": "objectives", "register_objective": "objectives",
-    "data_plate": "plates", "SVI": "svi", "TrainConfig": "config",
-    "Dataset": "data", "load_dataset": "data",
-    "build_model_and_guide": "builders", "register_model_family": "builders",
-    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
-    "TrainResult": "training", "estimate_elbo": "training", "train": "training",
-    "Run": "runs", "load_run": "runs",
-    "apply_attribute": "generate", "attribute_direction": "generate", "decode": "generate",
-    "encode": "generate", "impute": "generate", "interpolate": "generate",
-    "manifold": "generate", "reconstruct": "generate", "sample_images": "generate",
-    "traverse": "generate",
-    "PointLatents": "handlers", "ScaleLatents": "handlers", "Temperature": "handlers",
-    "MaskObservations": "imputation", "impute_importance": "imputation",
-    "missing_mask": "imputation", "inference_gaps": "posterior", "nuts_posterior": "posterior",
-    "knn_accuracy": "representation", "normality": "representation",
-    "posterior_means": "representation",
-    "ActiveUnits": "active_units",
-    "report_active_units": "active_units",
-    "MarginalLikelihoodResult": "marginal", "annealed_importance_sampling": "marginal",
-    "estimate_log_likelihood": "marginal", "importance_sampling": "marginal",
-    "naive_monte_carlo": "marginal", "MonteCarloEM": "mcem",
+# the module (relative to ppl_vae) -> the public names it defines
+_MODULE_EXPORTS = {
+    "errors": ("CheckpointError", "ConfigError", "DataError", "PplVaeError",
+               "TrainingDivergedError",),
+    "infer.objectives": ("Objective", "available_objectives", "can_infer_discrete",
+                         "comparison_objectives", "make_objective", "register_objective",),
+    "poutine.plates": ("data_plate",),
+    "infer.svi": ("SVI",),
+    "training.config": ("TrainConfig",),
+    "io.data": ("Dataset", "load_dataset",),
+    "training.builders": ("build_model_and_guide", "register_model_family",),
+    "io.checkpoint": ("load_checkpoint", "save_checkpoint",),
+    "training.loop": ("TrainResult", "estimate_elbo",),
+    "analysis.reports": ("RunReport", "train",),
+    "training.callbacks": ("Callback",),
+    "training.runs": ("Run", "load_run",),
+    "analysis.generation": ("apply_attribute", "attribute_direction", "decode", "encode",
+                            "impute", "interpolate", "manifold", "reconstruct", "sample_images",
+                            "traverse",),
+    "poutine.handlers": ("PointLatents", "ScaleLatents", "Temperature",),
+    "marginal.imputation": ("MaskObservations", "impute_importance", "missing_mask",),
+    "analysis.posterior": ("inference_gaps", "nuts_posterior",),
+    "analysis.representation": ("knn_accuracy", "normality", "posterior_means",),
+    "analysis.active_units": ("ActiveUnits", "report_active_units",),
+    "marginal": ("MarginalLikelihoodResult", "annealed_importance_sampling",
+                 "estimate_log_likelihood", "importance_sampling", "naive_monte_carlo",),
+    "infer.mcem": ("MonteCarloEM",),
 }
-_SUBMODULES = ("guides", "models", "marginal", "infer", "objectives")
+_EXPORTS = {name: module for module, names in _MODULE_EXPORTS.items() for name in names}
+_SUBMODULES = ("analysis", "commands", "guides", "infer", "io", "marginal", "models", "poutine",
+               "training")
 
 __all__ = sorted([*_EXPORTS, "guides", "models"])
 

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ppl_vae.errors import ConfigError
 
 __all__ = ["MLP", "ACTIVATIONS", "glorot_", "last_linear", "softplus_inverse"]
 

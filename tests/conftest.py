@@ -29,7 +29,7 @@ def bmnist_path():
 
 @pytest.fixture(scope="session")
 def digits():
-    from ppl_vae.data import load_dataset
+    from ppl_vae.io.data import load_dataset
 
     return load_dataset("digits", likelihood="bernoulli")
 
@@ -37,7 +37,7 @@ def digits():
 @pytest.fixture
 def tiny_digits(digits):
     """A 200/50/50-point slice of digits, for fast training tests."""
-    from ppl_vae.data import Dataset
+    from ppl_vae.io.data import Dataset
 
     return Dataset("digits", digits.train[:200], digits.valid[:50], digits.test[:50],
                    digits.image_shape)

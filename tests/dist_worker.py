@@ -15,11 +15,11 @@ import pyro
 import torch
 from pyro.poutine.messenger import Messenger
 
-from ppl_vae import distributed
-from ppl_vae.builders import build_model_and_guide
-from ppl_vae.config import TrainConfig
-from ppl_vae.data import load_dataset
-from ppl_vae.svi import SVI
+from ppl_vae.infer.svi import SVI
+from ppl_vae.io.data import load_dataset
+from ppl_vae.training import distributed
+from ppl_vae.training.builders import build_model_and_guide
+from ppl_vae.training.config import TrainConfig
 
 GLOBAL_BATCH = 8
 NUM_DATA = 1000

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import ppl_vae
-import ppl_vae.training as training
+import ppl_vae.training.loop as training
 from ppl_vae import TrainConfig, train
-from ppl_vae.checkpoint import load_checkpoint
-from ppl_vae.cli import main
+from ppl_vae.commands.cli import main
 from ppl_vae.errors import ConfigError, DataError
-from ppl_vae.schedules import BURDA_EPOCHS, burda_stages, learning_rate
+from ppl_vae.io.checkpoint import load_checkpoint
+from ppl_vae.training.schedules import BURDA_EPOCHS, burda_stages, learning_rate
 
 CFG = dict(data="digits", latent_dims=(3,), hidden=(16,), batch_size=50, lr=3e-3)
 
@@ -51,7 +51,7 @@ def test_bad_adam_betas_are_a_config_error(bad):
 def test_schedule_and_adam_options_reach_the_optimizer(tiny_digits, tmp_path):
     """The optimizer state saved after epoch e holds the lr of epoch e (0-based e - 1), and the
     Adam eps/betas given on the command line; a resumed run continues on the schedule."""
-    from ppl_vae.cli import build_parser
+    from ppl_vae.commands.cli import build_parser
     from ppl_vae.commands.train import overrides_from
 
     args = build_parser().parse_args([
@@ -60,11 +60,11 @@ def test_schedule_and_adam_options_reach_the_optimizer(tiny_digits, tmp_path):
         "0.8,0.99", "--patience", "7", "--out", str(tmp_path)])
     over = overrides_from(args)
     assert over["adam_eps"] == 1e-4 and over["adam_betas"] == "0.8,0.99" and over["patience"] == 7
-    train(out=tmp_path, dataset=tiny_digits, progress=False, plots=False, **over)
+    train(out=tmp_path, dataset=tiny_digits, progress=False, reports=False, **over)
     groups = load_checkpoint(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"]
     assert all(g["lr"] == pytest.approx(1e-3 * 10 ** (-1 / 7)) for g in groups)  # epoch 4: i=1
     assert all(g["eps"] == 1e-4 and tuple(g["betas"]) == (0.8, 0.99) for g in groups)
-    train(out=tmp_path, resume=True, epochs=5, dataset=tiny_digits, progress=False, plots=False)
+    train(out=tmp_path, resume=True, epochs=5, dataset=tiny_digits, progress=False, reports=False)
     groups = load_checkpoint(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"]
     assert all(g["lr"] == pytest.approx(1e-3 * 10 ** (-2 / 7)) for g in groups)  # epoch 5: i=2
 
@@ -84,7 +84,7 @@ def scripted_run(tiny_digits, tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, "_validate", fake_validate)
     res = train(TrainConfig(**CFG, epochs=6, patience=2), out=tmp_path, dataset=tiny_digits,
-                progress=False, plots=False)
+                progress=False, reports=False)
     return res, snapshots, tmp_path
 
 
@@ -100,21 +100,21 @@ def test_early_stopping_keeps_the_best_epoch(scripted_run):
     assert any(not torch.equal(v, snapshots[1][k]) for k, v in last["model"].items())
     assert set(best) == set(last)  # the same payload format
     # resuming an exhausted run trains nothing more
-    again = train(out=out, resume=True, epochs=6, progress=False, plots=False)
+    again = train(out=out, resume=True, epochs=6, progress=False, reports=False)
     assert again.metrics.epoch.tolist() == [1, 2, 3, 4] and again.stopped_early
 
 
 def test_patience_counts_from_the_end_of_the_warmup(tiny_digits, monkeypatch):
     monkeypatch.setattr(training, "_validate", lambda loop, epoch: SCRIPT[epoch])
     res = train(TrainConfig(**CFG, epochs=6, patience=2, kl_warmup_epochs=3),
-                dataset=tiny_digits, progress=False, plots=False)
+                dataset=tiny_digits, progress=False, reports=False)
     assert res.metrics.epoch.tolist() == [1, 2, 3, 4, 5, 6] and not res.stopped_early
     assert res.best_epoch == 5  # the first of the tied best epochs
 
 
 def test_best_pt_is_the_epoch_with_the_best_valid_elbo(tiny_digits, tmp_path):
     res = train(TrainConfig(**{**CFG, "lr": 0.03}, epochs=5), out=tmp_path, dataset=tiny_digits,
-                progress=False, plots=False)
+                progress=False, reports=False)
     best = int(res.metrics.valid_elbo.idxmax()) + 1
     assert load_checkpoint(tmp_path / "best.pt")["epochs_done"] == best == res.best_epoch
     run = ppl_vae.load_run(tmp_path, dataset=tiny_digits)
@@ -147,15 +147,15 @@ def test_grey_data_is_binarized_afresh_each_minibatch(tmp_path, monkeypatch):
     path = tmp_path / "grey.npz"
     np.savez(path, **grey)
     seen = []
-    orig = ppl_vae.svi.SVI.step
+    orig = ppl_vae.infer.svi.SVI.step
 
     def spy(self, xb, **kw):
         seen.append(xb.clone())
         return orig(self, xb, **kw)
 
-    monkeypatch.setattr(ppl_vae.svi.SVI, "step", spy)
+    monkeypatch.setattr(ppl_vae.infer.svi.SVI, "step", spy)
     res = train(data=str(path), latent_dims=(2,), hidden=(8,), batch_size=40, epochs=2,
-                progress=False, plots=False)
+                progress=False, reports=False)
     assert len(seen) == 2 and all(((s == 0) | (s == 1)).all() for s in seen)
     # the same 40 points in both epochs (one batch each, permuted): rows sorted by their grey
     # values differ between the two binarizations in many pixels
@@ -167,7 +167,7 @@ def test_grey_data_is_binarized_afresh_each_minibatch(tmp_path, monkeypatch):
 
 
 def test_mnist_dynamic_without_the_files_is_a_clear_error(tmp_path):
-    from ppl_vae.data import load_dataset
+    from ppl_vae.io.data import load_dataset
 
     with pytest.raises(DataError, match="mnist: not found under"):
         load_dataset("mnist-dynamic", root=tmp_path, download=False)
@@ -206,7 +206,7 @@ def test_wake_sleep_gradients_match_the_closed_form():
     linear-Gaussian pair; wake-theta: -E_q[grad_theta log p(x, z)] at fixed x."""
     import pyro
 
-    from ppl_vae.objectives import make_objective
+    from ppl_vae.infer.objectives import make_objective
 
     n = 40000
     x = A_TRUE * torch.randn(n) + B_TRUE + S_TRUE * torch.randn(n)
@@ -235,7 +235,7 @@ def test_wake_sleep_gradients_match_the_closed_form():
 
 def test_wake_sleep_trains_a_vae(tiny_digits):
     res = train(TrainConfig(**{**CFG, "lr": 1e-2}, objective="ws", epochs=4),
-                dataset=tiny_digits, progress=False, plots=False)
+                dataset=tiny_digits, progress=False, reports=False)
     assert res.metrics.valid_elbo.iloc[-1] > res.metrics.valid_elbo.iloc[0] + 1.0
 
 
@@ -244,7 +244,7 @@ def test_mcem_moves_theta_towards_the_maximum_likelihood_value():
     """x ~ N(b, a^2 + s^2) marginally, s fixed: the MLE is b = mean(x), a^2 = var(x) - s^2."""
     import pyro
 
-    from ppl_vae.mcem import MonteCarloEM
+    from ppl_vae.infer.mcem import MonteCarloEM
 
     torch.manual_seed(0)
     n = 100
@@ -332,8 +332,8 @@ def test_mcem_on_a_vae_trains_the_module_and_leaves_the_param_store_alone(tiny_d
     removes them, so a later model with the same names trains its own weights."""
     import pyro
 
-    from ppl_vae.builders import build_model_and_guide
-    from ppl_vae.mcem import MonteCarloEM
+    from ppl_vae.infer.mcem import MonteCarloEM
+    from ppl_vae.training.builders import build_model_and_guide
 
     model, _ = build_model_and_guide(TrainConfig(**CFG), tiny_digits.x_dim)
     before = model.decoder[0].weight.detach().clone()

@@ -10,7 +10,7 @@ alpha).
 
 from __future__ import annotations
 
-from . import _toolkit as tk
+from ppl_vae.commands import options as tk
 
 NAME = "attribute"
 HELP = "decode z + alpha * (mean code with a label - mean code without) for a row of alphas (PNG)"
@@ -30,9 +30,9 @@ def run(args) -> int:
     import torch
     from sklearn.neighbors import KNeighborsClassifier
 
+    from ppl_vae.analysis.generation import apply_attribute, attribute_direction
     from ppl_vae.errors import ConfigError, DataError
-    from ppl_vae.generate import apply_attribute, attribute_direction
-    from ppl_vae.plots import save_image_grid
+    from ppl_vae.io.plots import save_image_grid
 
     n = tk.positive(args.num, "--num")
     alphas = tk.float_list(args.alphas, "--alphas")

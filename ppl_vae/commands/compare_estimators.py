@@ -14,7 +14,7 @@ HELP = ("train one model per objective (gradient estimator) from the same initia
 
 
 def add_arguments(p):
-    from ppl_vae.objectives import comparison_objectives
+    from ppl_vae.infer.objectives import comparison_objectives
 
     default = ",".join(comparison_objectives())
     p.add_argument("--data", default="digits", metavar="DATA",
@@ -59,17 +59,21 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true",
                    help="print the summary as one JSON list on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from ppl_vae.distributed import add_arguments as add_distributed_arguments
+    from ppl_vae.training.distributed import add_arguments as add_distributed_arguments
 
     add_distributed_arguments(p)
 
 
 def run(args) -> int:
-    from ppl_vae import distributed
-    from ppl_vae.data import binary_splits
-    from ppl_vae.estimator_comparison import compare_estimators, plot_comparison, summary_table
-    from ppl_vae.objectives import parse_objective_list
-    from ppl_vae.reporting import json_safe, resolve_device
+    from ppl_vae.analysis.estimator_comparison import (
+        compare_estimators,
+        plot_comparison,
+        summary_table,
+    )
+    from ppl_vae.infer.objectives import parse_objective_list
+    from ppl_vae.io.data import binary_splits
+    from ppl_vae.io.reporting import json_safe, resolve_device
+    from ppl_vae.training import distributed
 
     names = parse_objective_list(args.objectives)
     device = resolve_device(args.device)

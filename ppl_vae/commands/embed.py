@@ -3,7 +3,8 @@
 Per run: a 2-D scatter of E_q[z|x] coloured by label (PCA to 2-D above two dimensions; all
 latent sites of a hierarchical run concatenated), the accuracy of a k-NN classifier fitted on the
 training split's codes and scored on ``--split``'s, and normality statistics of the aggregate
-posterior (:mod:`ppl_vae.representation`: ``normality`` = KL(N(m, S) || N(0, I)) of the Gaussian
+posterior (:mod:`ppl_vae.analysis.representation`: ``normality`` = KL(N(m, S) || N(0, I)) of the
+Gaussian
 fitted to 10 draws z ~ q(z|x) per point of ``--split``).
 Writes ``OUT/embed.png`` and ``OUT/embed.csv`` (one row per run); ``--json`` prints one object
 keyed by run.
@@ -11,7 +12,7 @@ keyed by run.
 
 from __future__ import annotations
 
-from . import _toolkit as tk
+from ppl_vae.commands import options as tk
 
 NAME = "embed"
 HELP = ("scatter the posterior means of several runs by label; k-NN accuracy and normality of "
@@ -42,11 +43,16 @@ def run(args) -> int:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from ppl_vae.checkpoint import atomic_write_bytes
+    from ppl_vae.analysis.representation import (
+        aggregate_samples,
+        knn_accuracy,
+        normality,
+        pca_2d,
+        posterior_means,
+    )
     from ppl_vae.errors import ConfigError
-    from ppl_vae.plots import save_figure
-    from ppl_vae.representation import (aggregate_samples, knn_accuracy, normality, pca_2d,
-                                        posterior_means)
+    from ppl_vae.io.checkpoint import atomic_write_bytes
+    from ppl_vae.io.plots import save_figure
 
     tk.positive(args.neighbors, "--neighbors")
     out = Path(args.out)

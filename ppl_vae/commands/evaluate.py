@@ -11,16 +11,17 @@ and rank 0 writes exactly what a single process writes.
 
 from __future__ import annotations
 
-from ppl_vae.commands import add_checkpoint_argument
-
 import json
 import math
 import sys
 import time
 from pathlib import Path
 
+from ppl_vae.commands import add_checkpoint_argument
+
 NAME = "evaluate"
-HELP = "estimate log p(x) of a trained run with the ELBO, naive Monte Carlo, importance sampling or AIS"
+HELP = ("estimate log p(x) of a trained run with the ELBO, naive Monte Carlo, importance sampling "
+        "or AIS")
 
 CSV_NAME = "evaluation.csv"
 CSV_COLUMNS = (
@@ -71,7 +72,7 @@ def add_arguments(p):
     g.add_argument("--schedule", choices=("sigmoid", "geometric", "linear"), default="sigmoid",
                    help="spacing of the temperatures beta (default sigmoid, Wu et al. 2017)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from ppl_vae.distributed import add_arguments as add_distributed_arguments
+    from ppl_vae.training.distributed import add_arguments as add_distributed_arguments
 
     add_distributed_arguments(p)
 
@@ -95,7 +96,7 @@ def _check_args(args) -> None:
 
 
 def _options(args) -> dict:
-    from ppl_vae.distributed import is_main
+    from ppl_vae.training.distributed import is_main
 
     options = dict(batch_size=args.batch_size, particle_chunk=args.particle_chunk,
                    progress=not args.no_progress and is_main(), seed=args.seed)
@@ -110,7 +111,7 @@ def write_per_point(result, path) -> None:
     import pandas as pd
     import torch
 
-    from ppl_vae.checkpoint import atomic_write_bytes
+    from ppl_vae.io.checkpoint import atomic_write_bytes
     from ppl_vae.marginal.result import PER_POINT
 
     columns = {"index": range(result.n), **{k: getattr(result, k).numpy() for k in PER_POINT}}
@@ -122,9 +123,9 @@ def write_per_point(result, path) -> None:
 def run(args) -> int:
     import torch
 
-    from ppl_vae import distributed
-    from ppl_vae.reporting import append_csv, json_safe, peak_rss_mb, resolve_device
-    from ppl_vae.runs import load_run
+    from ppl_vae.io.reporting import append_csv, json_safe, peak_rss_mb, resolve_device
+    from ppl_vae.training import distributed
+    from ppl_vae.training.runs import load_run
 
     _check_args(args)
     device = resolve_device(args.device)
@@ -168,7 +169,8 @@ def run(args) -> int:
 
 
 def _fmt(v, spec=".3f"):
-    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+    missing = v is None or (isinstance(v, float) and not math.isfinite(v))
+    return "n/a" if missing else format(v, spec)
 
 
 def _print_human(row: dict, warning, csv_path) -> None:

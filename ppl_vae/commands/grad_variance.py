@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ppl_vae.commands import add_checkpoint_argument
-
 import json
 import math
+
+from ppl_vae.commands import add_checkpoint_argument
 
 NAME = "grad-variance"
 HELP = ("variance, SNR, agreement with a reference (cosine) and cost of each objective's "
@@ -13,7 +13,7 @@ HELP = ("variance, SNR, agreement with a reference (cosine) and cost of each obj
 
 
 def add_arguments(p):
-    from ppl_vae.objectives import comparison_objectives
+    from ppl_vae.infer.objectives import comparison_objectives
 
     default = ",".join(comparison_objectives())
     p.add_argument("--run", required=True, metavar="DIR",
@@ -61,11 +61,11 @@ def _print_table(frame, header: str) -> None:
 def run(args) -> int:
     import torch
 
+    from ppl_vae.analysis.gradient_variance import gradient_statistics, statistics_frame
     from ppl_vae.errors import ConfigError
-    from ppl_vae.gradient_variance import gradient_statistics, statistics_frame
-    from ppl_vae.objectives import parse_objective_list
-    from ppl_vae.reporting import json_safe, resolve_device
-    from ppl_vae.runs import load_run
+    from ppl_vae.infer.objectives import parse_objective_list
+    from ppl_vae.io.reporting import json_safe, resolve_device
+    from ppl_vae.training.runs import load_run
 
     names = parse_objective_list(args.objectives)
     if args.batch_size < 1:

@@ -1,6 +1,6 @@
 """``ppl-vae impute``: fill in missing pixels with samples of p(x_miss | x_obs).
 
-Method: importance resampling with the guide (:mod:`ppl_vae.imputation`, which explains the
+Method: importance resampling with the guide (:mod:`ppl_vae.marginal.imputation`, which explains the
 choice). ``--json`` prints one object: ``vae_error`` (MSE on the missing pixels of the VAE's
 conditional mean E[x_miss | x_obs]), ``baseline_error`` (the same for the per-pixel training
 mean), ``pseudo_gibbs_error`` (Rezende et al.'s iteration, for comparison), and the conditional
@@ -10,7 +10,7 @@ and of the independent per-pixel-mean Bernoulli baseline, in nats per data point
 
 from __future__ import annotations
 
-from . import _toolkit as tk
+from ppl_vae.commands import options as tk
 
 NAME = "impute"
 HELP = "sample missing pixels given the observed ones (importance resampling with the guide; PNG)"
@@ -31,9 +31,9 @@ def run(args) -> int:
 
     import torch
 
-    from ppl_vae.generate import impute as pseudo_gibbs
-    from ppl_vae.imputation import impute_importance, missing_mask
-    from ppl_vae.plots import save_image_grid
+    from ppl_vae.analysis.generation import impute as pseudo_gibbs
+    from ppl_vae.io.plots import save_image_grid
+    from ppl_vae.marginal.imputation import impute_importance, missing_mask
 
     n_show = tk.positive(args.num, "--num")
     k = tk.positive(args.samples, "--samples")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import _toolkit as tk
+from ppl_vae.commands import options as tk
 
 NAME = "interpolate"
 HELP = "decode paths (linear or slerp) between the latent codes of pairs of inputs (PNG)"
@@ -17,9 +17,9 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from ppl_vae.analysis.generation import interpolate
     from ppl_vae.errors import ConfigError
-    from ppl_vae.generate import interpolate
-    from ppl_vae.plots import save_image_grid
+    from ppl_vae.io.plots import save_image_grid
 
     n = tk.positive(args.num, "--num")
     if args.steps < 2:

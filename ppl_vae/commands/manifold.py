@@ -8,7 +8,7 @@ row per dim). Hierarchical runs use the top latent; the layers below take their 
 
 from __future__ import annotations
 
-from . import _toolkit as tk
+from ppl_vae.commands import options as tk
 
 NAME = "manifold"
 HELP = "decode a grid over the top latent's prior quantiles (2-D) or traverse chosen dims (PNG)"
@@ -28,9 +28,9 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from ppl_vae.analysis.generation import _site_dim, manifold, top_latent, traverse
     from ppl_vae.errors import ConfigError
-    from ppl_vae.generate import _site_dim, manifold, top_latent, traverse
-    from ppl_vae.plots import save_image_grid
+    from ppl_vae.io.plots import save_image_grid
 
     if args.steps < 2:
         raise ConfigError(f"--steps must be >= 2, got {args.steps}")

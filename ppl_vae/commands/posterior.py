@@ -1,7 +1,8 @@
 """``ppl-vae posterior``: NUTS samples of p(z | x_I) next to the guide's q(z | x_I), ArviZ
 diagnostics, and the approximation / amortization gaps (Cremer, Li & Duvenaud 2018).
 
-See :mod:`ppl_vae.posterior`. The figure shows, per index, a 2-D scatter (2-D latent) or the
+See :mod:`ppl_vae.analysis.posterior`. The figure shows, per index, a 2-D scatter (2-D latent) or
+the
 marginals of the first coordinates (more dims; all latent sites concatenated). ``--json`` prints
 one object: per point ``log_px``, ``elbo_amortized``, ``elbo_optimized``,
 ``approximation_gap``, ``amortization_gap``, ``r_hat_max``, ``ess_bulk_min``; and their means.
@@ -9,7 +10,7 @@ one object: per point ``log_px``, ``elbo_amortized``, ``elbo_optimized``,
 
 from __future__ import annotations
 
-from . import _toolkit as tk
+from ppl_vae.commands import options as tk
 
 NAME = "posterior"
 HELP = ("NUTS samples of p(z|x_I) vs the guide's q(z|x_I), R-hat/ESS, and the approximation "
@@ -38,7 +39,7 @@ def _figure(points, path, split):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from ppl_vae.plots import save_figure
+    from ppl_vae.io.plots import save_figure
 
     dim = points[0]["nuts"].shape[-1]
     n = len(points)
@@ -79,8 +80,8 @@ def run(args) -> int:
 
     import torch
 
+    from ppl_vae.analysis.posterior import guide_samples, inference_gaps, nuts_posterior
     from ppl_vae.errors import ConfigError
-    from ppl_vae.posterior import guide_samples, inference_gaps, nuts_posterior
 
     for flag, v in (("--samples", args.samples), ("--num-samples", args.num_samples),
                     ("--chains", args.chains), ("--gap-steps", args.gap_steps)):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import _toolkit as tk
+from ppl_vae.commands import options as tk
 
 NAME = "reconstruct"
 HELP = "data next to their reconstructions E[x | z = posterior mean of q(z|x)] (PNG)"
@@ -17,8 +17,8 @@ def add_arguments(p):
 def run(args) -> int:
     import torch
 
-    from ppl_vae.generate import reconstruct
-    from ppl_vae.plots import save_image_grid
+    from ppl_vae.analysis.generation import reconstruct
+    from ppl_vae.io.plots import save_image_grid
 
     n = tk.positive(args.num, "--num")
     out = tk.out_png(args.out)

@@ -1,12 +1,12 @@
 """``ppl-vae sample``: decode prior samples of a trained run into one PNG.
 
 ``--mean`` (default) shows E[x|z], ``--draw`` a draw x ~ p(x|z); ``--temperature T`` multiplies
-the standard deviation of every latent distribution (:class:`ppl_vae.handlers.Temperature`).
+the standard deviation of every latent distribution (:class:`ppl_vae.poutine.handlers.Temperature`).
 """
 
 from __future__ import annotations
 
-from . import _toolkit as tk
+from ppl_vae.commands import options as tk
 
 NAME = "sample"
 HELP = "decode prior samples z ~ p(z) of a trained run into a PNG (mean image or a draw)"
@@ -24,8 +24,8 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ppl_vae.generate import sample_images
-    from ppl_vae.plots import save_image_grid
+    from ppl_vae.analysis.generation import sample_images
+    from ppl_vae.io.plots import save_image_grid
 
     n = tk.positive(args.num, "--num")
     out = tk.out_png(args.out)

@@ -1,7 +1,7 @@
 """``ppl-vae train``: fit a model/guide pair with SVI and write a run directory.
 
 Data parallel with ``--nproc N`` or under ``torchrun ... -m ppl_vae train``: see
-:mod:`ppl_vae.distributed`."""
+:mod:`ppl_vae.training.distributed`."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ FLAGS = {
     "--particles": ("particles", int, "samples per data point L (K for iwae), vectorized "
                     "(default: the objective's own, 1 or 5 for rws)"),
     "--lr": ("lr", float, "Adam learning rate (default 1e-3)"),
-    "--batch-size": ("batch_size", int, "minibatch size (default 16, tuned for the embedded digits; the MNIST literature uses 100)"),
+    "--batch-size": ("batch_size", int,
+                     "minibatch size (default 16, tuned for the embedded digits; the MNIST "
+                     "literature uses 100)"),
     "--epochs": ("epochs", int, "number of epochs (default 30)"),
     "--seed": ("seed", int, "random seed (default 0): same seed, same numbers"),
     "--kl-warmup": ("kl_warmup_epochs", int, "anneal the KL weight from 0 to 1 over N epochs"),
@@ -65,7 +67,7 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true",
                    help="print the final metrics as one JSON object on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from ppl_vae.distributed import add_arguments as add_distributed_arguments
+    from ppl_vae.training.distributed import add_arguments as add_distributed_arguments
 
     add_distributed_arguments(p)
 
@@ -75,16 +77,17 @@ def overrides_from(args) -> dict:
 
 
 def run(args) -> int:
-    from ppl_vae import distributed
-    from ppl_vae.active_units import report_active_units
-    from ppl_vae.reporting import json_safe, resolve_device
-    from ppl_vae.training import train
+    from ppl_vae.analysis.reports import RunReport
+    from ppl_vae.io.reporting import json_safe, resolve_device
+    from ppl_vae.training import distributed
+    from ppl_vae.training.loop import train
 
     out = Path(args.out)
     device = resolve_device(args.device)
     try:
+        report = RunReport()
         result = train(out=out, resume=args.resume, progress=not args.no_progress,
-                       device=device, **overrides_from(args))
+                       device=device, callbacks=[report], **overrides_from(args))
     except KeyboardInterrupt:
         saved = ("the last epoch's checkpoint is kept" if distributed.world_size() > 1
                  else "checkpoint saved")
@@ -95,9 +98,7 @@ def run(args) -> int:
     if not len(result.metrics) or not distributed.is_main():
         return 0
     last = result.metrics.iloc[-1]
-    # Active units per latent layer (Burda et al. 2016): writes OUT/active_units.csv.
-    units = report_active_units(result.model, result.guide, result.dataset, out,
-                                seed=result.config.seed)
+    units = report.active_units  # per latent layer (Burda et al. 2016), OUT/active_units.csv
     if args.json:
         print(json.dumps(json_safe({**last.to_dict(), "seconds_total":
                                     float(result.metrics.seconds.sum()), "run": str(out),

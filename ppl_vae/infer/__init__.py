@@ -13,18 +13,18 @@ One estimator per module, like ``pyro/infer/*.py``:
 * :mod:`~ppl_vae.infer.wake_sleep` — :class:`WakeSleep` (Hinton et al. 1995).
 """
 
-from .baselines import (
+from ppl_vae.infer.baselines import (
     AverageBaselineTraceGraph_ELBO,
     BaselineMessenger,
     NeuralBaseline,
     score_function_guide,
 )
-from .dreg_elbo import DReG_ELBO
-from .iwae_elbo import IWAE_ELBO
-from .no_reparam import NonReparameterized, NoReparamMessenger, no_reparam
-from .rws import ReweightedWakeSleep
-from .stl_elbo import STL_ELBO
-from .wake_sleep import WakeSleep
+from ppl_vae.infer.dreg_elbo import DReG_ELBO
+from ppl_vae.infer.iwae_elbo import IWAE_ELBO
+from ppl_vae.infer.no_reparam import NonReparameterized, NoReparamMessenger, no_reparam
+from ppl_vae.infer.rws import ReweightedWakeSleep
+from ppl_vae.infer.stl_elbo import STL_ELBO
+from ppl_vae.infer.wake_sleep import WakeSleep
 
 __all__ = [
     "AverageBaselineTraceGraph_ELBO",

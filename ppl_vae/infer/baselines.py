@@ -35,7 +35,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from .no_reparam import NoReparamMessenger
+from ppl_vae.infer.no_reparam import NoReparamMessenger
 
 __all__ = [
     "AverageBaselineTraceGraph_ELBO",
@@ -73,7 +73,8 @@ class NeuralBaseline(nn.Module):
 
     With ``x_dim=None`` the first layer is a :class:`torch.nn.LazyLinear`, sized on the first
     call; the parameters then exist after the first gradient step (which is when
-    :class:`ppl_vae.svi.SVI` collects the objective's modules). The output layer starts at zero.
+    :class:`ppl_vae.infer.svi.SVI` collects the objective's modules). The output layer starts at
+    zero.
     """
 
     def __init__(self, x_dim: int | None = None, hidden: Sequence[int] = (100,)):

@@ -43,8 +43,8 @@ from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape
 
-from .iwae_elbo import IWAE_ELBO
-from .util import is_reparameterized_latent, rescore_with_detached_parameters
+from ppl_vae.infer.iwae_elbo import IWAE_ELBO
+from ppl_vae.infer.util import is_reparameterized_latent, rescore_with_detached_parameters
 
 __all__ = ["DReG_ELBO"]
 

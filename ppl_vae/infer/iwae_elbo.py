@@ -29,7 +29,7 @@ from pyro.infer import RenyiELBO
 from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
 
-from .util import data_scale, is_reparameterized_latent, particle_log_weights
+from ppl_vae.infer.util import data_scale, is_reparameterized_latent, particle_log_weights
 
 __all__ = ["IWAE_ELBO"]
 

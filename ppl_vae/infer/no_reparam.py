@@ -15,7 +15,8 @@ Pyro's ELBOs choose between the two per sample site from ``fn.has_rsample``. The
 gradient path (Pyro's public ``Distribution.has_rsample_(False)`` cannot be used for this in
 pyro-ppl 1.9: it raises on ``Independent``, whose ``has_rsample`` is a read-only property, and
 setting it on the base distribution instead breaks vectorized particles, because
-``BroadcastMessenger`` then tries to copy the flag onto the expanded ``Independent``), so that :class:`~pyro.infer.TraceGraph_ELBO` uses the score function on the *same*
+``BroadcastMessenger`` then tries to copy the flag onto the expanded ``Independent``), so that
+:class:`~pyro.infer.TraceGraph_ELBO` uses the score function on the *same*
 continuous latent. Being an effect handler, it works for any guide, not only ours::
 
     with NoReparamMessenger():

@@ -30,7 +30,7 @@ import pyro.infer
 import torch
 from pyro.util import warn_if_nan
 
-from .util import data_scale, particle_log_weights
+from ppl_vae.infer.util import data_scale, particle_log_weights
 
 __all__ = ["ReweightedWakeSleep"]
 

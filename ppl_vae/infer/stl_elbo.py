@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from pyro.infer import Trace_ELBO
 
-from .util import rescore_with_detached_parameters
+from ppl_vae.infer.util import rescore_with_detached_parameters
 
 __all__ = ["STL_ELBO"]
 

@@ -70,10 +70,10 @@ All of this runs under ``torch.no_grad()`` except AIS's gradients with respect t
 
 from dataclasses import replace
 
-from ..errors import ConfigError
-from .ais import annealed_importance_sampling
-from .importance import importance_sampling, naive_monte_carlo
-from .result import MarginalLikelihoodResult
+from ppl_vae.errors import ConfigError
+from ppl_vae.marginal.ais import annealed_importance_sampling
+from ppl_vae.marginal.importance import importance_sampling, naive_monte_carlo
+from ppl_vae.marginal.result import MarginalLikelihoodResult
 
 __all__ = [
     "ESTIMATORS",

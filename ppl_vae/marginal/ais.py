@@ -13,32 +13,33 @@ from pyro import poutine
 from pyro.distributions import constraints
 from torch.distributions import biject_to
 
-from ..errors import ConfigError
-from .common import (
-    PARTICLES,
+from ppl_vae.errors import ConfigError
+from ppl_vae.marginal.common import (
     AIS_ELEMENT_BUDGET,
-    Layout,
+    PARTICLES,
     SCHEDULES,
+    Layout,
     check_data,
     check_same_latents,
     chunk_ranges,
     collect_result,
     default_chunks,
+    kept_rng_state,
     optional_positive_int,
     per_point,
-    kept_rng_state,
     point_block,
     point_blocks,
     point_seed,
-    seed_streams,
     positive_int,
     probe,
     progress_bar,
     sample_sites,
+    seed_streams,
     sum_log_prob,
     weight_stats,
 )
-from .result import MarginalLikelihoodResult
+from ppl_vae.marginal.result import MarginalLikelihoodResult
+
 
 # ------------------------------------------------------------------------------------------
 # annealed importance sampling
@@ -325,7 +326,8 @@ def annealed_importance_sampling(
     says); ``num_steps`` = T. On a linear-Gaussian test
     problem the sigmoid spacing had 2-5x lower log-weight variance than the geometric one for
     the same T when starting from the guide (the geometric spacing spends half its steps at
-    β < 0.01), and was between geometric and linear when starting from the prior. Each chain starts at z_0 ~ q, and for t = 1..T
+    β < 0.01), and was between geometric and linear when starting from the prior. Each chain starts
+    at z_0 ~ q, and for t = 1..T
     adds (β_t - β_{t-1}) [log p(x, z_{t-1}) - log q(z_{t-1})] to its log weight and then (for
     t < T) moves z by one HMC transition that leaves f_t invariant. T = 1 is plain importance
     sampling. E[w] = p(x), so log (1/C) Σ_c w_c is a stochastic lower bound on log p(x)

@@ -13,7 +13,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
-from ..errors import ConfigError
+from ppl_vae.errors import ConfigError
 
 __all__ = ["require_density"]
 

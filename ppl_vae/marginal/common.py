@@ -18,9 +18,9 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, DataError, PplVaeError
-from .checks import require_density
-from .result import MarginalLikelihoodResult
+from ppl_vae.errors import ConfigError, DataError, PplVaeError
+from ppl_vae.marginal.checks import require_density
+from ppl_vae.marginal.result import MarginalLikelihoodResult
 
 PARTICLES = "_marginal_particles"
 ELEMENT_BUDGET = 2**25  # floats per (particle_chunk x batch_size x D) tensor, IS / naive MC
@@ -149,7 +149,8 @@ def _check_data_plate(mtr, gtr, latent, observed, data_dim, xp) -> None:
     if gtr is not None:
         sites += [(gtr, name, "guide") for name in latent]
     for tr, name, who in sites:
-        frames = [f for f in tr.nodes[name]["cond_indep_stack"] if f.vectorized and f.dim == data_dim]
+        frames = [f for f in tr.nodes[name]["cond_indep_stack"]
+                  if f.vectorized and f.dim == data_dim]
         if not frames:
             raise ConfigError(
                 f"{who} site {name!r} is not inside a vectorized plate at dim {data_dim} (the "
@@ -300,7 +301,8 @@ def progress_bar(progress, total, desc, unit):
     )
 
 
-def collect_result(name, stats, k, layout, t0, info=None, log_weights=None) -> MarginalLikelihoodResult:
+def collect_result(name, stats, k, layout, t0, info=None,
+                   log_weights=None) -> MarginalLikelihoodResult:
     cat = {key: torch.cat([s[key] for s in stats]) for key in stats[0]}
     return MarginalLikelihoodResult(
         estimator=name,
@@ -404,7 +406,8 @@ def run_weights(name, log_weight_fn, x, k, batch_size, particle_chunk, layout, p
     ``seed=None``: chunks of ``batch_size`` points x ``particle_chunk`` samples drawn from the
     global RNG. With a ``seed``: per-point random streams (see :func:`_seeded_weights`);
     ``batch_size`` is then not used, and ``particle_chunk`` (default :data:`PARTICLE_BLOCK`)
-    is part of the streams' definition. Pyro's validation is switched off inside the loop: the probe trace
+    is part of the streams' definition. Pyro's validation is switched off inside the loop: the
+    probe trace
     has already checked shapes and supports, and the checks cost ~10% of the work.
     """
     n = x.shape[0]

@@ -9,8 +9,8 @@ import pyro
 import torch
 from pyro import poutine
 
-from ..errors import ConfigError
-from .common import (
+from ppl_vae.errors import ConfigError
+from ppl_vae.marginal.common import (
     PARTICLES,
     check_data,
     check_same_latents,
@@ -23,7 +23,8 @@ from .common import (
     sample_sites,
     sum_log_prob,
 )
-from .result import MarginalLikelihoodResult
+from ppl_vae.marginal.result import MarginalLikelihoodResult
+
 
 # ------------------------------------------------------------------------------------------
 # naive Monte Carlo and importance sampling

@@ -1,0 +1,368 @@
+"""Gradient-estimator statistics at fixed parameters: variance, SNR, bias check, cost.
+
+For an estimator g^ of the gradient of an objective (the ELBO, or L_K; the ascent direction,
+i.e. minus what ``loss_and_grads`` leaves in ``.grad``) at fixed parameters (a checkpoint) we draw G
+independent estimates g^_1..g^_G on the same minibatch x and report, with
+mean m = (1/G) sum_i g^_i and per-coordinate variance v_d = 1/(G-1) sum_i (g^_id - m_d)^2:
+
+``total_variance``
+    tr Cov[g^] ~= sum_d v_d, also split into parameter groups: ``decoder`` (the model's
+    parameters theta) and ``encoder`` (the guide's parameters phi);
+``snr_median``
+    the median over coordinates of the signal-to-noise ratio |m_d| / sqrt(v_d) (Rainforth et al.
+    2018, "Tighter Variational Bounds are Not Necessarily Better", eq. (4)), also per group;
+    coordinates with zero mean and zero variance (no gradient at all) are left out;
+``cosine_to_reference``
+    cos(m, m_ref), the angle between this estimator's mean gradient and the reference's (``trace``,
+    the reparameterized ELBO gradient, or ``score-avg`` where the guide has discrete latents):
+    ~1 for any unbiased estimator of the same gradient (up to Monte Carlo error in the means: with
+    few draws a high-variance estimator's mean is itself noisy), and systematically
+    below 1 for estimators of a *different* objective's gradient (iwae-K, dreg-K, rws: the IWAE
+    bound L_K). The reference's own row has no cosine (it would be 1 by construction);
+``seconds_per_gradient``
+    mean wall-clock seconds of one estimate (one ``loss_and_grads`` call, the same code path as
+    a training step, minus the optimizer update).
+
+Draws are independent calls of the objective's own ``loss_and_grads``: Pyro's ELBOs call
+``backward`` on one scalar surrogate, so G draws cannot be separated out of one batched backward
+pass without re-implementing every estimator; the particles *within* a draw are vectorized, and
+the statistics are accumulated over draws with vectorized (Welford) updates in float64.
+Estimators with state (baselines) are warmed up first at the same parameters, for ``warmup``
+draws on random minibatches of ``warmup_data`` (e.g. the training split) when given: the
+decaying average updates itself, the neural baseline is also trained by Adam on its own loss.
+During the measured draws both are frozen, so that the G draws are i.i.d. (left running on one
+fixed minibatch, Pyro's per-position average would turn into a per-data-point baseline for that
+minibatch, which it never is in training).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from torch import nn
+
+from ppl_vae.errors import ConfigError
+from ppl_vae.infer.baselines import AverageBaselineTraceGraph_ELBO
+from ppl_vae.infer.objectives import Objective, make_objective, objective_spec, parse_objective_list
+
+__all__ = [
+    "GROUPS",
+    "gradient_statistics",
+    "statistics_frame",
+    "parameter_groups",
+    "has_discrete_latents",
+]
+
+GROUPS = ("decoder", "encoder")
+DEFAULT_WARMUP = 300
+STAT_KEYS = (
+    "total_variance",
+    "variance_decoder",
+    "variance_encoder",
+    "snr_median",
+    "snr_median_decoder",
+    "snr_median_encoder",
+    "cosine_to_reference",
+    "mean_gradient_norm",
+    "seconds_per_gradient",
+    "objective_value",
+)
+
+
+def _params_of(fn, *args, **kwargs) -> list[torch.Tensor]:
+    """Trainable tensors of a Pyro callable.
+
+    For an ``nn.Module`` (possibly wrapped by effect handlers) its own ``parameters()``: the
+    values recorded at its ``param`` statements may be same-named tensors that Pyro's global
+    parameter store kept from an earlier instance. Otherwise the values of its ``pyro.param``
+    statements.
+    """
+    root = poutine.unwrap(fn)
+    if isinstance(root, nn.Module):
+        return [p for p in root.parameters() if p.requires_grad]
+    params: dict[int, torch.Tensor] = {}
+    with poutine.trace(param_only=True) as tr:
+        with torch.no_grad():
+            fn(*args, **kwargs)
+    for site in tr.trace.nodes.values():
+        value = site["value"]
+        get = getattr(value, "unconstrained", None)
+        value = get() if callable(get) else value
+        if value is not None and value.requires_grad:
+            params.setdefault(id(value), value)
+    return list(params.values())
+
+
+def parameter_groups(model, guide, x, **kwargs) -> dict[str, list[torch.Tensor]]:
+    """``{"decoder": model parameters, "encoder": guide parameters}`` (shared ones count once,
+    as encoder)."""
+    encoder = _params_of(guide, x, **kwargs)
+    seen = {id(p) for p in encoder}
+    decoder = [p for p in _params_of(model, x, **kwargs) if id(p) not in seen]
+    return {"decoder": decoder, "encoder": encoder}
+
+
+def has_discrete_latents(guide, x, **kwargs) -> bool:
+    """True if some latent sample site of ``guide(x)`` cannot be reparameterized."""
+    with torch.no_grad():
+        tr = poutine.trace(guide).get_trace(x, **kwargs)
+    return any(
+        site["type"] == "sample"
+        and not site["is_observed"]
+        and not site_is_subsample(site)
+        and not getattr(site["fn"], "has_rsample", False)
+        for site in tr.nodes.values()
+    )
+
+
+class _Welford:
+    """Running mean and sum of squared deviations of flat vectors, in float64."""
+
+    def __init__(self, size: int):
+        self.n = 0
+        self.mean = torch.zeros(size, dtype=torch.float64)
+        self.m2 = torch.zeros(size, dtype=torch.float64)
+
+    def add(self, g: torch.Tensor) -> None:
+        g = g.detach().to(device="cpu", dtype=torch.float64)
+        self.n += 1
+        delta = g - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (g - self.mean)
+
+    @property
+    def var(self) -> torch.Tensor:
+        return self.m2 / max(self.n - 1, 1)
+
+
+def _flat_grad(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The parameters' gradients as one flat float64 CPU vector (zeros where none)."""
+    return torch.cat(
+        [
+            (p.grad if p.grad is not None else torch.zeros_like(p))
+            .detach().reshape(-1).to(device="cpu", dtype=torch.float64)
+            for p in params
+        ]
+    ) if params else torch.zeros(0, dtype=torch.float64)
+
+
+def _zero_grad(params: Iterable[torch.Tensor]) -> None:
+    for p in params:
+        p.grad = None
+
+
+def _is_stateful(objective: Objective) -> bool:
+    return bool(objective.modules) or isinstance(objective.elbo, AverageBaselineTraceGraph_ELBO)
+
+
+def _median_snr(mean: torch.Tensor, var: torch.Tensor) -> float:
+    if mean.numel() == 0:
+        return float("nan")
+    keep = (mean != 0) | (var > 0)
+    if not bool(keep.any()):
+        return float("nan")
+    snr = mean[keep].abs() / var[keep].sqrt()  # var == 0 with mean != 0 -> inf
+    return float(snr.median())
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    na, nb = float(a.norm()), float(b.norm())
+    if na == 0.0 or nb == 0.0:
+        return float("nan")
+    return float(a @ b) / (na * nb)
+
+
+def _measure(objective, model, guide, x, groups, draws, warmup, num_data, baseline_lr,
+             seed, warmup_data=None) -> dict:
+    """Warm up the objective's state, then accumulate ``draws`` gradient estimates."""
+    all_params = [p for ps in groups.values() for p in ps]
+    sizes = [sum(p.numel() for p in groups[g]) for g in GROUPS]
+    pyro.set_rng_seed(seed)
+    step_kwargs = {} if num_data is None else {"num_data": num_data}
+
+    modules = list(objective.modules.values())
+    if warmup:
+        optim = None
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(warmup):
+            _zero_grad(all_params)
+            for m in modules:
+                m.zero_grad(set_to_none=True)
+            xw = x
+            if warmup_data is not None:
+                xw = warmup_data[torch.randperm(warmup_data.shape[0], generator=gen)[: x.shape[0]]]
+            objective.loss_and_grads(model, guide, xw, **step_kwargs)
+            if modules:
+                if optim is None:  # lazy modules exist after the first call
+                    module_params = [p for m in modules for p in m.parameters() if p.requires_grad]
+                    if module_params:
+                        optim = torch.optim.Adam(module_params, lr=baseline_lr)
+                if optim is not None:
+                    optim.step()
+    module_params = [p for m in modules for p in m.parameters()]
+    if isinstance(objective.elbo, AverageBaselineTraceGraph_ELBO):
+        objective.elbo.frozen = True  # i.i.d. draws: one fixed baseline state
+
+    # One untimed, unrecorded call first: first-call costs (lazy initialization, allocator
+    # warm-up) would otherwise be charged to whichever estimator happens to run first.
+    _zero_grad(all_params)
+    objective.loss_and_grads(model, guide, x, **step_kwargs)
+    acc = _Welford(sum(sizes))
+    losses, seconds = [], 0.0
+    for _ in range(draws):
+        _zero_grad(all_params)
+        _zero_grad(module_params)
+        t0 = time.perf_counter()
+        loss = objective.loss_and_grads(model, guide, x, **step_kwargs)
+        seconds += time.perf_counter() - t0
+        losses.append(float(loss))
+        # .grad holds the gradient of the loss -objective; record the objective's gradient.
+        acc.add(-torch.cat([_flat_grad(groups[g]) for g in GROUPS]))
+    _zero_grad(all_params)
+    _zero_grad(module_params)
+    return {"acc": acc, "sizes": sizes, "seconds": seconds / max(draws, 1),
+            "objective": -float(np.mean(losses)) if losses else float("nan")}
+
+
+def _objective_for(name, num_particles, options, x_dim, states):
+    """``make_objective`` with the options this objective takes and its trained module states
+    (a saved neural baseline) loaded."""
+    spec = objective_spec(name)
+    kw = {k: v for k, v in options.items() if k in spec.options}
+    objective = make_objective(name, num_particles=num_particles, x_dim=x_dim, **kw)
+    for module_name, state in (states or {}).get(name, {}).items():
+        if module_name in objective.modules:
+            objective.modules[module_name].load_state_dict(state)
+    return objective
+
+
+def _row(m: dict, draws: int, ref_mean, reference: str, is_reference: bool,
+         keep_vectors: bool) -> dict:
+    """The statistics of one measured objective (see the module docstring)."""
+    acc, sizes = m["acc"], m["sizes"]
+    mean, var = acc.mean, acc.var
+    means = dict(zip(GROUPS, mean.split(sizes)))
+    variances = dict(zip(GROUPS, var.split(sizes)))
+    row = {
+        "applicable": True,
+        "draws": draws,
+        "total_variance": float(var.sum()),
+        "variance_decoder": float(variances["decoder"].sum()),
+        "variance_encoder": float(variances["encoder"].sum()),
+        "snr_median": _median_snr(mean, var),
+        "snr_median_decoder": _median_snr(means["decoder"], variances["decoder"]),
+        "snr_median_encoder": _median_snr(means["encoder"], variances["encoder"]),
+        "cosine_to_reference": (None if ref_mean is None or is_reference
+                                else _cosine(mean, ref_mean)),
+        "reference": reference if ref_mean is not None else None,
+        "mean_gradient_norm": float(mean.norm()),
+        "seconds_per_gradient": m["seconds"],
+        "objective_value": m["objective"],
+        "num_parameters": {g: int(s) for g, s in zip(GROUPS, sizes)},
+    }
+    if keep_vectors:
+        row["mean"] = {g: means[g].numpy() for g in GROUPS}
+        row["variance"] = {g: variances[g].numpy() for g in GROUPS}
+    return row
+
+
+def gradient_statistics(
+    model,
+    guide,
+    x: torch.Tensor,
+    objectives: Sequence[str],
+    draws: int = 100,
+    *,
+    num_data: int | None = None,
+    seed: int = 0,
+    num_particles: int | None = None,
+    warmup: int | None = None,
+    baseline_lr: float = 1e-2,
+    reference: str | None = None,
+    warmup_data: torch.Tensor | None = None,
+    objective_states: dict | None = None,
+    options: dict | None = None,
+    keep_vectors: bool = False,
+) -> dict[str, dict]:
+    """Statistics of ``draws`` gradient estimates per objective, at the current parameters.
+
+    :param model, guide: a Pyro model/guide pair called as ``model(x, num_data=...)``.
+    :param x: the fixed minibatch, shape ``(B, ...)``.
+    :param objectives: registered objective names (``trace``, ``score-avg``, ``iwae-5``, ...).
+    :param draws: G, the number of independent estimates (>= 2).
+    :param num_data: passed to model and guide (the data plate then scales by num_data / B);
+        ``None``: gradients of the batch *sum* of per-point objectives.
+    :param seed: each objective starts from ``pyro.set_rng_seed(seed)``.
+    :param num_particles: particles per estimate for names without a ``-K`` suffix (default:
+        each objective's own).
+    :param warmup: draws spent warming up stateful estimators (baselines) before measuring;
+        default :data:`DEFAULT_WARMUP` (300) for those; stateless estimators need none.
+    :param reference: the objective whose mean gradient the cosines compare to; default
+        ``trace``, or ``score-avg`` where the guide has discrete latents.
+    :param warmup_data: if given (``(N, ...)``, N >= B), the warm-up draws use random minibatches
+        of B points from it, as in training, instead of ``x`` itself. This matters for the
+        decaying average, which is kept per position in the batch: warmed up on ``x`` it becomes
+        a per-data-point (input-dependent) baseline for ``x``, which it never is in training.
+    :param objective_states: ``{name: {module_name: state_dict}}``, trained states of an
+        objective's own modules (e.g. the neural baseline saved in a ``score-nn`` run's
+        checkpoint) loaded before the warm-up.
+    :param options: keyword options for :func:`~ppl_vae.infer.objectives.make_objective`, each
+    passed
+        to the objectives that take it.
+    :param keep_vectors: also return per-coordinate ``mean`` / ``variance`` arrays per group.
+    :returns: ``{name: {"applicable": bool, "total_variance": ..., ...}}`` (see module docs);
+        for an objective that does not apply (one whose ELBO cannot infer discrete latents, on a
+        discrete-latent model) ``applicable`` is False, ``reason`` says why and the statistics
+        are None.
+    """
+    draws = int(draws)
+    if draws < 2:
+        raise ConfigError(f"draws must be >= 2, got {draws}")
+    objectives = parse_objective_list(objectives)
+    x = torch.as_tensor(x)
+    kwargs = {} if num_data is None else {"num_data": num_data}
+    groups = parameter_groups(model, guide, x, **kwargs)
+    discrete = has_discrete_latents(guide, x, **kwargs)
+    reference = reference or ("score-avg" if discrete else "trace")
+    x_dim = int(x.reshape(x.shape[0], -1).shape[1])
+
+    def applicable(name):
+        return not discrete or objective_spec(name).can_infer_discrete
+
+    measured: dict[str, dict] = {}
+    for name in dict.fromkeys([*objectives, reference]):
+        if applicable(name):
+            objective = _objective_for(name, num_particles, dict(options or {}), x_dim,
+                                       objective_states)
+            w = (DEFAULT_WARMUP if warmup is None else int(warmup)) if _is_stateful(objective) \
+                else 0
+            measured[name] = _measure(objective, model, guide, x, groups, draws, w, num_data,
+                                      baseline_lr, seed, warmup_data)
+    ref_mean = measured[reference]["acc"].mean if reference in measured else None
+    results: dict[str, dict] = {}
+    for name in objectives:
+        if name in measured:
+            results[name] = _row(measured[name], draws, ref_mean, reference, name == reference,
+                                 keep_vectors)
+        else:
+            results[name] = {"applicable": False,
+                             "reason": "needs reparameterizable latents; the guide has discrete "
+                                       "ones", **{k: None for k in STAT_KEYS}}
+    return results
+
+
+def statistics_frame(results: dict[str, dict]) -> pd.DataFrame:
+    """One row per objective with the scalar statistics (a tidy table for CSV / markdown)."""
+    rows = []
+    for name, r in results.items():
+        row = {"objective": name, "applicable": r.get("applicable", True)}
+        row.update({k: r.get(k) for k in STAT_KEYS})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["objective", "applicable", *STAT_KEYS])

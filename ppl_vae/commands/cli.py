@@ -1,0 +1,55 @@
+"""The ``ppl-vae`` command line: one subcommand per module in :mod:`ppl_vae.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from ppl_vae.errors import DistributedError, PplVaeError
+
+__all__ = ["main", "build_parser"]
+
+# Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
+COMMANDS = ("train", "sample", "grad_variance", "compare_estimators", "evaluate", "reconstruct",
+            "interpolate", "manifold", "attribute", "impute", "posterior", "embed")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only`` set to a command's name, the other subcommands get their name
+    and help line but not their arguments (whose defaults may need torch: ``ppl-vae --help``
+    and each command's start stay fast)."""
+    parser = argparse.ArgumentParser(
+        prog="ppl-vae", description="Variational autoencoders as Pyro model/guide pairs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for mod_name in COMMANDS:
+        mod = importlib.import_module(f"ppl_vae.commands.{mod_name}")
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        if only is None or only == mod.NAME:
+            mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    command = next((a for a in argv if not a.startswith("-")), "")
+    parser = build_parser(only=command)
+    args = parser.parse_args(argv)
+    try:
+        if hasattr(args, "nproc"):  # a command that runs distributed (torchrun or --nproc N)
+            from ppl_vae.training.distributed import run_command
+
+            return int(run_command(args, argv, args._run) or 0)
+        return int(args._run(args) or 0)
+    except PplVaeError as exc:
+        worker = (f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", 1)) > 1
+                  and "RANK" in os.environ else "")
+        print(f"ppl-vae {args.command}: error: {worker}{exc}", file=sys.stderr)
+        return 1 if isinstance(exc, DistributedError) else 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

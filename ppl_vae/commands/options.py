@@ -1,0 +1,114 @@
+"""Shared options and helpers of the toolkit subcommands (sample, reconstruct, interpolate,
+manifold, attribute, impute, posterior, embed): ``--run``, ``--out``, ``--split``, ``--seed``,
+``--device``, ``--json``, ``-n/--num``; loading a run with one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_common(p, *, out_help="output PNG file", split=True, json_flag=False, num=None,
+               num_help="number of images"):
+    from ppl_vae.commands import add_checkpoint_argument
+
+    p.add_argument("--run", required=True, metavar="DIR",
+                   help="run directory written by `ppl-vae train`")
+    add_checkpoint_argument(p)
+    p.add_argument("--out", required=True, metavar="FILE.png" if "PNG" in out_help else "DIR",
+                   help=out_help)
+    if split:
+        p.add_argument("--split", default="test", metavar="SPLIT",
+                       help="data split: train, valid or test (default)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("--device", default="cpu", metavar="DEV",
+                   help="torch device, e.g. cpu (default) or cuda")
+    if num is not None:
+        p.add_argument("-n", "--num", type=int, default=num, metavar="N",
+                       help=f"{num_help} (default {num})")
+    if json_flag:
+        p.add_argument("--json", action="store_true",
+                       help="print exactly one JSON object on stdout")
+
+
+def positive(value, flag: str) -> int:
+    from ppl_vae.errors import ConfigError
+
+    if value is None or int(value) < 1:
+        raise ConfigError(f"{flag} must be >= 1, got {value}")
+    return int(value)
+
+
+def load(args, run_dir=None):
+    """The run of ``--run`` on ``--device`` (model and guide in eval mode), seeded with
+    ``--seed``; :class:`ConfigError` for a missing directory."""
+    import pyro
+
+    from ppl_vae.errors import ConfigError
+    from ppl_vae.io.reporting import resolve_device
+    from ppl_vae.training.runs import load_run
+
+    run_dir = Path(run_dir or args.run)
+    if not run_dir.exists():
+        raise ConfigError(f"--run {run_dir}: no such run directory")
+    device = resolve_device(args.device)
+    r = load_run(run_dir, map_location=str(device), checkpoint=args.checkpoint)
+    r.model.to(device)
+    r.guide.to(device)
+    pyro.set_rng_seed(args.seed)
+    return r, device
+
+
+def data(r, args, device):
+    """The ``--split`` of the run's data set, as the likelihood sees it at evaluation."""
+    return r.split(args.split).to(device)
+
+
+def check_index(i: int, n: int, flag: str = "--index") -> int:
+    from ppl_vae.errors import ConfigError
+
+    if not -n <= int(i) < n:
+        raise ConfigError(f"{flag} {i} is out of range: the split has {n} data points "
+                          f"(0..{n - 1})")
+    return int(i) % n
+
+
+def number_list(text: str, flag: str, kind=int) -> list:
+    """``"0,3"`` -> ``[0, 3]`` (``kind`` int or float), with one clear error line."""
+    from ppl_vae.errors import ConfigError
+
+    what = "integers" if kind is int else "numbers"
+    try:
+        out = [kind(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ConfigError(f"{flag} must be a comma-separated list of {what}, got {text!r}")
+    if not out:
+        raise ConfigError(f"{flag} needs at least one of the {what}")
+    return out
+
+
+def int_list(text: str, flag: str) -> list[int]:
+    return number_list(text, flag, int)
+
+
+def float_list(text: str, flag: str) -> list[float]:
+    return number_list(text, flag, float)
+
+
+def emit_json(obj: dict) -> None:
+    """Exactly one JSON object on stdout (NaN/inf as null, tensors as lists)."""
+    from ppl_vae.io.reporting import json_safe
+
+    print(json.dumps(json_safe(obj), allow_nan=False))
+
+
+def out_png(path) -> Path:
+    from ppl_vae.errors import ConfigError
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--out {path}: give a .png file name")
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a directory; give a .png file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,151 @@
+"""Monte Carlo EM for any Pyro model (no guide): HMC E-step, gradient M-step.
+
+The baseline of Kingma & Welling (2014, "Auto-Encoding Variational Bayes", section 5 and
+figure 3): maximize the marginal likelihood sum_i log p_theta(x_i) by alternating
+
+* **E-step**: for the latents z_i of a minibatch, run HMC on the posterior
+  p_theta(z | x) ∝ p_theta(z) p_theta(x | z) (``pyro.infer.MCMC`` with an ``HMC`` kernel,
+  ``num_leapfrog`` leapfrog steps per transition, its step size adapted towards an acceptance
+  rate of ``target_accept`` during ``warmup`` transitions), each chain started from the sample
+  that data point had at its last visit (the prior's sample on the first);
+* **M-step**: ``m_steps`` Adam steps on theta ascending the complete-data log-likelihood
+  (1/B) sum_i log p_theta(x_i, z_i) at the sampled z_i, computed by running the model under
+  ``poutine.condition(model, data=z)``.
+
+With exact posterior samples this is stochastic EM: the expected M-step gradient is
+E_{p(z|x)}[grad_theta log p_theta(x, z)] = grad_theta log p_theta(x) (Fisher's identity), so
+theta climbs the marginal likelihood. Kingma & Welling used 10 leapfrog steps, a step size tuned
+to 90% acceptance and 5 weight updates per E-step; their finding is that it does not scale to the
+full data set (every data point needs its own chain), which ``benchmarks/kingma_welling.py``
+measures.
+
+Works on any model ``model(x, ...)`` whose latent sample sites carry the data points along
+dimension 0 (every ppl_vae model; the E-step's HMC runs jointly over the minibatch, which is
+exact since the points' posteriors are independent). The model is run *without* ``num_data``
+in both steps, so a subsampled data plate does not temper the posterior.
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer.mcmc import HMC, MCMC
+from pyro.poutine.util import site_is_subsample
+from torch import nn
+
+from ppl_vae.errors import ConfigError
+
+__all__ = ["MonteCarloEM", "model_parameters"]
+
+
+def model_parameters(model, *args, **kwargs) -> list[torch.Tensor]:
+    """The trainable tensors of ``model``: its ``nn.Module`` parameters, or the unconstrained
+    values of the ``pyro.param`` sites one run of ``model(*args, **kwargs)`` touches."""
+    if isinstance(model, nn.Module) and any(True for _ in model.parameters()):
+        return [p for p in model.parameters() if p.requires_grad]
+    tr = poutine.trace(model, param_only=True).get_trace(*args, **kwargs)
+    out = []
+    for site in tr.nodes.values():
+        value = site["value"]
+        get = getattr(value, "unconstrained", None)
+        out.append(get() if callable(get) else value)
+    return [p for p in out if p.requires_grad]
+
+
+def _latent_sites(model, x, kwargs) -> dict:
+    with torch.no_grad(), poutine.block():
+        tr = poutine.trace(model).get_trace(x, **kwargs)
+    return {n: s["value"].detach() for n, s in tr.nodes.items()
+            if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
+
+
+class MonteCarloEM:
+    """``MonteCarloEM(model, num_data)``; ``step(x, index) -> complete-data log-lik per point``.
+
+    ``index``: the positions of the minibatch ``x`` in the data set (``LongTensor``), under which
+    each point's last HMC sample is kept for the next visit. ``lr``, ``m_steps``: the M-step's
+    Adam learning rate and number of updates. ``num_leapfrog``, ``step_size``, ``warmup``,
+    ``target_accept``: the E-step's HMC (the adapted step size is carried to the next E-step).
+    """
+
+    def __init__(self, model, num_data: int, lr: float = 1e-3, m_steps: int = 5,
+                 num_leapfrog: int = 10, step_size: float = 0.05, warmup: int = 10,
+                 target_accept: float = 0.9, **model_kwargs):
+        if num_data < 1 or m_steps < 1 or num_leapfrog < 1 or warmup < 0 or not lr > 0:
+            raise ConfigError("MonteCarloEM: num_data, m_steps, num_leapfrog >= 1, warmup >= 0 "
+                              "and lr > 0 are required")
+        self.model, self.num_data, self.lr, self.m_steps = model, int(num_data), lr, m_steps
+        self.num_leapfrog, self.step_size = int(num_leapfrog), float(step_size)
+        self.warmup, self.target_accept = int(warmup), float(target_accept)
+        self.model_kwargs = model_kwargs
+        self.state: dict[str, torch.Tensor] = {}  # site -> (num_data, ...) last samples
+        self.seen = torch.zeros(self.num_data, dtype=torch.bool)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.acceptance = float("nan")
+
+    def _initial(self, x, index) -> dict:
+        fresh = _latent_sites(self.model, x, self.model_kwargs)
+        init = {}
+        for name, value in fresh.items():
+            if name not in self.state:
+                self.state[name] = torch.zeros((self.num_data, *value.shape[1:]),
+                                               dtype=value.dtype, device=value.device)
+            old = self.state[name][index]
+            seen = self.seen[index].view(-1, *([1] * (value.dim() - 1))).to(value.device)
+            init[name] = torch.where(seen, old, value)
+        return init
+
+    def e_step(self, x, index) -> dict:
+        """HMC samples of p_theta(z | x) for the minibatch; returns {site: value}."""
+        init = self._initial(x, index)
+        kernel = HMC(self.model, step_size=self.step_size, num_steps=self.num_leapfrog,
+                     adapt_step_size=self.warmup > 0, target_accept_prob=self.target_accept,
+                     adapt_mass_matrix=False)
+        mcmc = MCMC(kernel, num_samples=1, warmup_steps=self.warmup, initial_params=init,
+                    disable_progbar=True)
+        mcmc.run(x, **self.model_kwargs)
+        self.step_size = float(kernel.step_size)
+        samples = {k: v[-1].detach() for k, v in mcmc.get_samples().items()}
+        for name, value in samples.items():
+            self.state[name][index] = value
+        self.seen[index] = True
+        return samples
+
+    def complete_log_likelihood(self, x, z: dict) -> torch.Tensor:
+        """(1/B) sum_i log p_theta(x_i, z_i), differentiable in theta."""
+        tr = poutine.trace(poutine.condition(self.model, data=z)).get_trace(x, **self.model_kwargs)
+        return tr.log_prob_sum() / x.shape[0]
+
+    def m_step(self, x, z: dict) -> float:
+        """``m_steps`` Adam steps on theta; returns the last complete-data log-lik per point."""
+        if self.optimizer is None:
+            params = model_parameters(self.model, x, **self.model_kwargs)
+            if not params:
+                raise ConfigError("MonteCarloEM: the model has no trainable parameters")
+            self.optimizer = torch.optim.Adam(params, lr=self.lr)
+        value = float("nan")
+        for _ in range(self.m_steps):
+            loss = -self.complete_log_likelihood(x, z)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            value = -loss.item()
+        return value
+
+    def step(self, x, index) -> float:
+        """One E-step and one M-step on the minibatch ``x`` (positions ``index``)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        store = pyro.get_param_store()
+        before = set(store.keys())
+        try:
+            with pyro.validation_enabled(False):
+                z = self.e_step(x, index)
+                return self.m_step(x, z)
+        finally:
+            # An nn.Module model owns its weights; the copies HMC's tracing registers in Pyro's
+            # global store would be picked up by a later model with the same names: drop them.
+            # (A pyro.param model keeps its parameters in the store, where they belong.)
+            if isinstance(self.model, nn.Module):
+                for name in set(store.keys()) - before:
+                    del store[name]

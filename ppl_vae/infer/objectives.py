@@ -1,0 +1,367 @@
+"""The one registry of variational objectives, by name.
+
+An *objective* is what SVI optimizes and what a gradient estimator estimates the gradient of: a
+Pyro :class:`~pyro.infer.elbo.ELBO` (one class per module in :mod:`ppl_vae.infer`, or Pyro's own),
+optionally with an effect handler applied to the guide and trainable modules of its own (a
+neural baseline). Every name below trains with ``ppl-vae train --objective NAME``, is measured by
+``ppl-vae grad-variance`` and compared by ``ppl-vae compare-estimators``; each works on *any* Pyro
+model/guide pair whose plates Pyro's ELBOs accept (``max_plate_nesting`` is found by Pyro).
+
+=============== ================= ==================================================================
+name (aliases)  ELBO class        gradient estimator
+=============== ================= ==================================================================
+``trace``       ``Trace_ELBO``    Monte Carlo ELBO; pathwise (reparameterized) gradient, score
+(``reparam``)                     function where a latent is not reparameterizable
+``meanfield``   ``TraceMeanField  E_q log p(x|z) - KL(q||p), the KL in closed form (Kingma & Welling
+(``analytic-    _ELBO``           2014, App. B); reparameterized latents only
+kl``)
+``tracegraph``  ``TraceGraph_     score function Rao-Blackwellized with the dependency graph
+                ELBO``            (Williams 1992; Ranganath et al. 2014)
+``score``       ``TraceGraph_     score function on the *same* continuous latent (reparameterization
+                ELBO``            switched off by
+                :class:`~ppl_vae.infer.no_reparam.NoReparamMessenger`)
+``score-avg``   ``AverageBaseline ``score`` minus a decaying-average baseline (option
+``baseline_beta``)
+                TraceGraph_ELBO``
+``score-nn``    ``AverageBaseline ``score`` minus the average plus a learned b_psi(x) (NVIL, Mnih &
+                TraceGraph_ELBO`` Gregor 2014; options ``x_dim``, ``baseline_hidden``,
+                ``baseline_beta``)
+``iwae-K``      ``IWAE_ELBO``     importance-weighted bound L_K (Burda et al. 2016)
+``rws-K``       ``ReweightedWake  reweighted wake-sleep (Bornschein & Bengio 2015); K >= 2
+                Sleep``
+``stl``         ``STL_ELBO``      sticking the landing (Roeder et al. 2017)
+``dreg-K``      ``DReG_ELBO``     doubly-reparameterized IWAE gradient (Tucker et al. 2018)
+``ws``          ``WakeSleep``     wake-sleep: wake-theta on z ~ q(z|x), sleep-phi on dreams
+(``wake-                          (z, x) ~ p (Hinton et al. 1995)
+sleep``)
+=============== ================= ==================================================================
+
+What an objective can do is a property of its ELBO class, read by :func:`can_infer_discrete`
+(``can_infer_discrete``, as in NumPyro): whether it gives correct gradients when a latent guide
+site is not reparameterizable (a sigmoid belief network's Bernoulli latents). A ``-K`` suffix sets
+the particle count of names that take one (``iwae-5``); names without a suffix use the objective's
+default (1, or 5 for ``rws``). Factories reject options they do not take and impossible particle
+counts (``rws-1``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import pyro.infer
+from torch import nn
+
+from ppl_vae.errors import ConfigError
+from ppl_vae.infer.baselines import (
+    AverageBaselineTraceGraph_ELBO,
+    NeuralBaseline,
+    score_function_guide,
+)
+from ppl_vae.infer.dreg_elbo import DReG_ELBO
+from ppl_vae.infer.iwae_elbo import IWAE_ELBO
+from ppl_vae.infer.rws import ReweightedWakeSleep
+from ppl_vae.infer.stl_elbo import STL_ELBO
+from ppl_vae.infer.wake_sleep import WakeSleep
+
+__all__ = [
+    "Objective",
+    "ObjectiveSpec",
+    "available_objectives",
+    "can_infer_discrete",
+    "comparison_objectives",
+    "make_objective",
+    "objective_spec",
+    "parse_objective_list",
+    "register_objective",
+]
+
+# Pyro's own ELBO classes carry no capability flag; this is what their code does. Trace_ELBO and
+# TraceGraph_ELBO add score-function terms for non-reparameterized sites; TraceMeanField_ELBO
+# calls check_fully_reparametrized; RenyiELBO adds score-function terms too. Our classes in
+# ppl_vae.infer declare ``can_infer_discrete`` themselves.
+_PYRO_CAN_INFER_DISCRETE = {
+    pyro.infer.TraceMeanField_ELBO: False,
+    pyro.infer.Trace_ELBO: True,
+    pyro.infer.TraceGraph_ELBO: True,
+    pyro.infer.RenyiELBO: True,
+}
+
+
+def can_infer_discrete(elbo) -> bool:
+    """Whether the ELBO class (or instance) ``elbo`` gives correct gradients for latent sites
+    that are not reparameterizable. Read from the class attribute ``can_infer_discrete`` where
+    the class declares one, else from what Pyro's base class does."""
+    cls = elbo if isinstance(elbo, type) else type(elbo)
+    for klass in cls.__mro__:
+        if "can_infer_discrete" in vars(klass):
+            return bool(klass.can_infer_discrete)
+        if klass in _PYRO_CAN_INFER_DISCRETE:
+            return _PYRO_CAN_INFER_DISCRETE[klass]
+    return False
+
+
+def _identity(fn):
+    return fn
+
+
+@dataclass
+class Objective:
+    """A ready-to-use objective: a Pyro ELBO, a guide transformation and extra modules.
+
+    ``wrap_guide(guide)`` returns the guide the ELBO must see (e.g. with reparameterization
+    switched off by an effect handler); ``modules`` holds trainable modules owned by the objective
+    (e.g. a neural baseline) whose parameters the optimizer must update too.
+    """
+
+    name: str
+    elbo: pyro.infer.ELBO
+    wrap_guide: Callable = _identity
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+
+    @property
+    def can_infer_discrete(self) -> bool:
+        return can_infer_discrete(self.elbo)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """-objective estimate (a float); accumulates the gradient estimate into ``.grad``."""
+        return self.elbo.loss_and_grads(model, self.wrap_guide(guide), *args, **kwargs)
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """-objective estimate, without gradients."""
+        return self.elbo.loss(model, self.wrap_guide(guide), *args, **kwargs)
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """A registered objective.
+
+    ``factory(num_particles, vectorize_particles, **options)`` builds the
+    :class:`Objective`; its keyword parameters are the objective's ``options``. ``elbo_class`` is
+    the ELBO it builds (its capability flags describe the objective). ``takes_k``: the name may
+    carry a particle count (``iwae-5``), ``default_particles`` is used without one, and fewer
+    than ``min_particles`` is refused. ``compare``: part of the default list of
+    :func:`comparison_objectives`.
+    """
+
+    name: str
+    factory: Callable[..., Objective]
+    elbo_class: type
+    description: str
+    aliases: tuple[str, ...] = ()
+    takes_k: bool = False
+    default_particles: int = 1
+    min_particles: int = 1
+    compare: bool = True
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        params = list(inspect.signature(self.factory).parameters.values())[2:]
+        return tuple(p.name for p in params)
+
+    @property
+    def can_infer_discrete(self) -> bool:
+        return can_infer_discrete(self.elbo_class)
+
+
+_REGISTRY: dict[str, ObjectiveSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_objective(name: str, elbo_class: type, description: str, *,
+                       aliases: Sequence[str] = (), takes_k: bool = False,
+                       default_particles: int = 1, min_particles: int = 1,
+                       compare: bool = True):
+    """Decorator registering ``factory(num_particles, vectorize_particles, **options)`` under
+    ``name`` and ``aliases``. A name that is already taken raises ``ValueError``."""
+
+    def deco(factory):
+        for n in (name, *aliases):
+            if n in _REGISTRY or n in _ALIASES:
+                raise ValueError(f"objective name {n!r} is already registered")
+        _REGISTRY[name] = ObjectiveSpec(name, factory, elbo_class, description, tuple(aliases),
+                                        takes_k, default_particles, min_particles, compare)
+        _ALIASES.update({a: name for a in aliases})
+        return factory
+
+    return deco
+
+
+def available_objectives(aliases: bool = False) -> list[str]:
+    """Registered names in registration order (with ``aliases=True``, the aliases too)."""
+    return list(_REGISTRY) + (list(_ALIASES) if aliases else [])
+
+
+def comparison_objectives(k: int = 5) -> list[str]:
+    """The default list of the gradient-estimator comparisons: every registered objective with
+    ``compare=True``, with particle count ``k`` where the name takes one."""
+    return [f"{s.name}-{k}" if s.takes_k else s.name for s in _REGISTRY.values() if s.compare]
+
+
+def _parse(name: str) -> tuple[ObjectiveSpec, int | None]:
+    base = _ALIASES.get(name, name)
+    if base in _REGISTRY:
+        return _REGISTRY[base], None
+    m = re.fullmatch(r"(.+)-(\d+)", name)
+    if m:
+        base = _ALIASES.get(m.group(1), m.group(1))
+        if base in _REGISTRY and _REGISTRY[base].takes_k:
+            return _REGISTRY[base], int(m.group(2))
+    raise ConfigError(
+        f"unknown objective {name!r}; choose one of {', '.join(available_objectives())} "
+        f"(aliases: {', '.join(f'{a}={b}' for a, b in _ALIASES.items())}; names that take a "
+        "particle count accept -K, e.g. iwae-5)"
+    )
+
+
+def objective_spec(name: str) -> ObjectiveSpec:
+    """The :class:`ObjectiveSpec` for ``name`` (an alias or ``iwae-5`` resolve to theirs)."""
+    return _parse(name)[0]
+
+
+def parse_objective_list(text: str | Sequence[str]) -> list[str]:
+    """``"trace,iwae-5"`` -> ``["trace", "iwae-5"]``, each name checked against the registry."""
+    names = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
+    names = list(dict.fromkeys(n for n in names if n))
+    if not names:
+        raise ConfigError("give at least one objective name")
+    for n in names:
+        _parse(n)
+    return names
+
+
+def make_objective(name: str, num_particles: int | None = None, vectorize_particles: bool = True,
+                   *, x_dim: int | None = None, **options) -> Objective:
+    """Build the objective registered as ``name``.
+
+    ``num_particles``: samples per data point; a ``-K`` suffix in ``name`` sets it too (the two
+    must agree); ``None`` means the objective's default. ``x_dim``: the number of features of a
+    data point, a fact about the data that objectives with input-dependent parts (the neural
+    baseline of ``score-nn``) use and the others ignore. ``options``: the objective's own
+    options. Raises :class:`ConfigError` for an unknown name, an option the objective does not
+    take, or an impossible particle count.
+    """
+    spec, k = _parse(name)
+    if k is not None and num_particles is not None and int(num_particles) not in (1, k):
+        raise ConfigError(f"objective {name!r} fixes K={k} but num_particles={num_particles}")
+    n = int(k if k is not None else
+            (num_particles if num_particles is not None else spec.default_particles))
+    if n < spec.min_particles:
+        raise ConfigError(f"objective {name!r} needs at least {spec.min_particles} particles, "
+                          f"got {n}" + (f" (use {spec.name}-K with K >= {spec.min_particles})"
+                                        if spec.takes_k else ""))
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        takes = ", ".join(spec.options) or "none"
+        raise ConfigError(f"objective {name!r} takes no option {', '.join(map(repr, unknown))} "
+                          f"(its options: {takes})")
+    if x_dim is not None and "x_dim" in spec.options:
+        options.setdefault("x_dim", int(x_dim))
+    obj = spec.factory(n, vectorize_particles, **options)
+    obj.name = name
+    return obj
+
+
+def elbo_options(num_particles: int, vectorize_particles: bool) -> dict:
+    """Keyword arguments of Pyro's ELBO constructors. ``max_plate_nesting`` is left to Pyro,
+    which finds it from a first trace, so any plate structure Pyro accepts works."""
+    return dict(num_particles=num_particles,
+                vectorize_particles=bool(vectorize_particles and num_particles > 1))
+
+
+def _beta(baseline_beta) -> float:
+    if not 0.0 <= float(baseline_beta) < 1.0:
+        raise ConfigError(f"baseline_beta must be in [0, 1), got {baseline_beta}")
+    return float(baseline_beta)
+
+
+@register_objective("trace", pyro.infer.Trace_ELBO,
+                    "Trace_ELBO: Monte Carlo ELBO, reparameterized gradient", aliases=("reparam",))
+def _trace(num_particles, vectorize_particles):
+    return Objective("trace", pyro.infer.Trace_ELBO(**elbo_options(num_particles,
+                                                                   vectorize_particles)))
+
+
+@register_objective("meanfield", pyro.infer.TraceMeanField_ELBO,
+                    "TraceMeanField_ELBO: closed-form KL(q||p) where available",
+                    aliases=("analytic-kl",))
+def _meanfield(num_particles, vectorize_particles):
+    return Objective("meanfield", pyro.infer.TraceMeanField_ELBO(
+        **elbo_options(num_particles, vectorize_particles)))
+
+
+@register_objective("tracegraph", pyro.infer.TraceGraph_ELBO,
+                    "TraceGraph_ELBO: Rao-Blackwellized score function for non-reparameterizable "
+                    "sites", compare=False)  # on reparameterized latents it is `trace`
+def _tracegraph(num_particles, vectorize_particles):
+    return Objective("tracegraph", pyro.infer.TraceGraph_ELBO(
+        **elbo_options(num_particles, vectorize_particles)))
+
+
+@register_objective("score", pyro.infer.TraceGraph_ELBO,
+                    "TraceGraph_ELBO, reparameterization off: score function, no baseline")
+def _score(num_particles, vectorize_particles):
+    return Objective("score", pyro.infer.TraceGraph_ELBO(
+        **elbo_options(num_particles, vectorize_particles)), wrap_guide=score_function_guide())
+
+
+@register_objective("score-avg", AverageBaselineTraceGraph_ELBO,
+                    "score function with a decaying-average baseline (baseline_beta=0.9)")
+def _score_avg(num_particles, vectorize_particles, baseline_beta: float = 0.9):
+    return Objective(
+        "score-avg",
+        AverageBaselineTraceGraph_ELBO(**elbo_options(num_particles, vectorize_particles)),
+        wrap_guide=score_function_guide(average_beta=_beta(baseline_beta)),
+    )
+
+
+@register_objective("score-nn", AverageBaselineTraceGraph_ELBO,
+                    "score function with a learned neural baseline b(x) on top of the decaying "
+                    "average (NVIL, Mnih & Gregor 2014)")
+def _score_nn(num_particles, vectorize_particles, x_dim: int | None = None,
+              baseline_hidden: Sequence[int] = (100,), baseline_beta: float = 0.9):
+    network = NeuralBaseline(x_dim, baseline_hidden)
+    return Objective(
+        "score-nn",
+        AverageBaselineTraceGraph_ELBO(**elbo_options(num_particles, vectorize_particles)),
+        wrap_guide=score_function_guide(average_beta=_beta(baseline_beta), network=network),
+        modules={"baseline": network},
+    )
+
+
+@register_objective("iwae", IWAE_ELBO,
+                    "importance-weighted bound L_K, K = particles (Burda et al. 2016)",
+                    takes_k=True)
+def _iwae(num_particles, vectorize_particles):
+    return Objective("iwae", IWAE_ELBO(**elbo_options(num_particles, vectorize_particles)))
+
+
+@register_objective("rws", ReweightedWakeSleep,
+                    "reweighted wake-sleep, per-data-point weights (K=5 unless rws-K, K >= 2)",
+                    takes_k=True, default_particles=5, min_particles=2)
+def _rws(num_particles, vectorize_particles):
+    return Objective("rws", ReweightedWakeSleep(num_particles=num_particles,
+                                                vectorize_particles=vectorize_particles))
+
+
+@register_objective("stl", STL_ELBO,
+                    "sticking the landing: path-derivative ELBO gradient (Roeder et al. 2017)")
+def _stl(num_particles, vectorize_particles):
+    return Objective("stl", STL_ELBO(**elbo_options(num_particles, vectorize_particles)))
+
+
+@register_objective("dreg", DReG_ELBO,
+                    "doubly-reparameterized IWAE gradient, K = particles (Tucker et al. 2018)",
+                    takes_k=True)
+def _dreg(num_particles, vectorize_particles):
+    return Objective("dreg", DReG_ELBO(**elbo_options(num_particles, vectorize_particles)))
+
+
+@register_objective("ws", WakeSleep,
+                    "wake-sleep: wake-theta ascends log p(x,z), z ~ q(z|x); sleep-phi ascends "
+                    "log q(z|x) on dreams (z,x) ~ p (Hinton et al. 1995)",
+                    aliases=("wake-sleep",), compare=False)
+def _ws(num_particles, vectorize_particles, observed: str = "x"):
+    return Objective("ws", WakeSleep(num_particles=num_particles, observed=observed))

@@ -1,0 +1,36 @@
+"""Model/guide pairs shared by several test modules, with their closed forms."""
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from ppl_vae.poutine.plates import data_plate
+
+
+class LinearGaussian:
+    """z ~ N(0, I_J), x | z ~ N(W z + b, s^2 I_D): p(x) = N(b, W W^T + s^2 I), closed form."""
+
+    def __init__(self, w, b, s):
+        self.w, self.b, self.s = w, b, s
+
+    def model(self, x=None, batch_size=None):
+        n = x.shape[0] if x is not None else batch_size
+        j = self.w.shape[1]
+        with data_plate(n):
+            z = pyro.sample("z", dist.Normal(torch.zeros(j, dtype=self.w.dtype), 1.0).to_event(1))
+            return pyro.sample("x", dist.Normal(z @ self.w.T + self.b, self.s).to_event(1), obs=x)
+
+    def posterior(self, x):
+        j = self.w.shape[1]
+        cov = torch.linalg.inv(torch.eye(j, dtype=x.dtype) + self.w.T @ self.w / self.s**2)
+        mean = (x - self.b) @ self.w @ cov / self.s**2
+        return mean, cov
+
+    def exact_guide(self, x):
+        mean, cov = self.posterior(x)
+        with data_plate(x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(mean, covariance_matrix=cov))
+
+    def marginal(self):
+        d = self.w.shape[0]
+        return dist.MultivariateNormal(self.b, self.w @ self.w.T + self.s**2 * torch.eye(d))
