@@ -25,7 +25,13 @@ def register_model_family(name: str):
 
 
 def build_model_and_guide(config: TrainConfig, x_dim: int):
-    """``(model, guide)`` for ``config`` on data with ``x_dim`` features per point."""
+    """``(model, guide)`` for ``config`` on data with ``x_dim`` features per point: a registered
+    family, or your own factory (``module:factory`` or ``file.py:factory``, see
+    :mod:`ppl_vae.training.user_models`)."""
+    from ppl_vae.training.user_models import build_user_pair, is_user_model
+
+    if is_user_model(config.model):
+        return build_user_pair(config.model, config, int(x_dim))
     if config.model not in MODEL_FAMILIES:
         raise ConfigError(
             f"unknown model {config.model!r}; choose one of {sorted(MODEL_FAMILIES)}"

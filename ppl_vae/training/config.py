@@ -104,6 +104,10 @@ class TrainConfig:
         self.epochs, self.seed = int(self.epochs), int(self.seed)
         self.kl_warmup_epochs, self.lr = int(self.kl_warmup_epochs), float(self.lr)
         self.data = str(self.data)
+        if ":" in str(self.model):  # your own factory: a file path is recorded absolute
+            from ppl_vae.training.user_models import normalize_spec
+
+            self.model = normalize_spec(self.model)
         if self.noise_type not in NOISE_TYPES:
             raise ConfigError(f"unknown noise type {self.noise_type!r}; choose one of "
                               f"{', '.join(NOISE_TYPES)}")
