@@ -28,14 +28,14 @@ import pandas as pd
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
+
+from ppl_vae.poutine.trace import latent_sites, particle_plate, site_mean
 
 __all__ = ["ActiveUnits", "active_units", "report_active_units", "ACTIVE_UNITS_NAME",
            "THRESHOLD"]
 
 THRESHOLD = 1e-2
 ACTIVE_UNITS_NAME = "active_units.csv"
-_PARTICLES = "_active_units_particles"
 
 
 def _natural_key(name: str):
@@ -92,15 +92,12 @@ def active_units(guide, x: torch.Tensor, num_samples: int = 100, threshold: floa
         pyro.set_rng_seed(seed)
         for i in range(0, x.shape[0], batch_size):
             xb = x[i: i + batch_size]
-            with pyro.plate(_PARTICLES, num_samples, dim=-2):
+            with particle_plate(num_samples, 1):
                 tr = poutine.trace(guide).get_trace(xb)
-            for name, site in tr.nodes.items():
-                if (site["type"] != "sample" or site["is_observed"]
-                        or site_is_subsample(site)):
-                    continue
+            for name, site in latent_sites(tr).items():
                 if getattr(site["fn"], "event_dim", None) != 1:
                     continue  # only vector-valued latents, as every ppl_vae model has
-                m = _site_mean(site)
+                m = site_mean(site["fn"], site["value"])
                 m = m.expand(num_samples, xb.shape[0], m.shape[-1])
                 means.setdefault(name, []).append(m.mean(0))
                 if num_samples > 1:
@@ -113,13 +110,6 @@ def active_units(guide, x: torch.Tensor, num_samples: int = 100, threshold: floa
             a = (a - torch.cat(noise[name]).mean(0)).clamp_min(0.0)
         activity[name] = a.cpu()
     return ActiveUnits(activity, float(threshold), num_samples)
-
-
-def _site_mean(site) -> torch.Tensor:
-    try:
-        return site["fn"].mean
-    except NotImplementedError:
-        return site["value"]
 
 
 def report_active_units(model, guide, dataset, run_dir=None, split: str = "valid",

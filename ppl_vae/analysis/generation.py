@@ -25,32 +25,21 @@ from __future__ import annotations
 
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.errors import ConfigError, DataError
 from ppl_vae.poutine.handlers import PointLatents, Temperature
+from ppl_vae.poutine.trace import latent_sites as trace_latent_sites
+from ppl_vae.poutine.trace import latent_values, site_mean
 
 __all__ = ["sample_images", "reconstruct", "interpolate", "impute", "encode", "decode",
            "latent_sites", "top_latent", "prior_quantiles", "manifold", "traverse",
            "attribute_direction", "apply_attribute", "slerp"]
 
 
-def _mean_of(site) -> torch.Tensor:
-    fn = site["fn"]
-    try:
-        return fn.mean
-    except NotImplementedError:
-        return fn.sample()
-
-
 def _observed_fn(tr, obs_site):
     if obs_site not in tr.nodes:
         raise ConfigError(f"the model has no sample site {obs_site!r} (pass obs_site=)")
     return tr.nodes[obs_site]
-
-
-def _is_latent(site) -> bool:
-    return site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
 
 
 @torch.no_grad()
@@ -60,8 +49,7 @@ def latent_sites(model, guide, x) -> list[str]:
     samplable prior, e.g. an autoencoder, work too)."""
     gtr = poutine.trace(guide).get_trace(x)
     mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace(x)
-    names = [n for n, s in mtr.nodes.items() if s["type"] == "sample" and not s["is_observed"]
-             and not site_is_subsample(s)]
+    names = list(trace_latent_sites(mtr))
     if not names:
         raise ConfigError("the model has no latent sample site")
     return names
@@ -92,7 +80,7 @@ def sample_images(model, n: int, obs_site: str = "x", mean: bool = True,
             "the model's prior cannot be sampled (no proper prior p(z): an autoencoder?); "
             f"prior samples need a generative model ({first})") from None
     site = _observed_fn(tr, obs_site)
-    return _mean_of(site) if mean else site["value"]
+    return site_mean(site["fn"], site["fn"].sample) if mean else site["value"]
 
 
 @torch.no_grad()
@@ -102,7 +90,7 @@ def encode(guide, x, mean: bool = False) -> dict:
     the sites sampled before it; a flow's base mean pushed through the flow)."""
     fn = PointLatents()(guide) if mean else guide
     tr = poutine.trace(fn).get_trace(x)
-    return {k: s["value"] for k, s in tr.nodes.items() if _is_latent(s)}
+    return latent_values(tr, detach=False)
 
 
 @torch.no_grad()
@@ -125,7 +113,7 @@ def decode(model, latents: dict, obs_site: str = "x", mean: bool = True, x=None)
             raise ConfigError(f"cannot decode: a latent site was not given and cannot be "
                               f"sampled ({first})") from None
     site = _observed_fn(tr, obs_site)
-    return _mean_of(site) if mean else site["value"]
+    return site_mean(site["fn"], site["fn"].sample) if mean else site["value"]
 
 
 @torch.no_grad()

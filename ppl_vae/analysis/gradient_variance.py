@@ -45,12 +45,11 @@ import pandas as pd
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
-from torch import nn
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.infer.baselines import AverageBaselineTraceGraph_ELBO
 from ppl_vae.infer.objectives import Objective, make_objective, objective_spec, parse_objective_list
+from ppl_vae.poutine.trace import latent_sites, latent_values, trainable_tensors
 
 __all__ = [
     "GROUPS",
@@ -76,50 +75,61 @@ STAT_KEYS = (
 )
 
 
-def _params_of(fn, *args, **kwargs) -> list[torch.Tensor]:
-    """Trainable tensors of a Pyro callable.
+def _unique(tensors) -> list[torch.Tensor]:
+    return list({id(t): t for t in tensors}.values())
 
-    For an ``nn.Module`` (possibly wrapped by effect handlers) its own ``parameters()``: the
-    values recorded at its ``param`` statements may be same-named tensors that Pyro's global
-    parameter store kept from an earlier instance. Otherwise the values of its ``pyro.param``
-    statements.
-    """
-    root = poutine.unwrap(fn)
-    if isinstance(root, nn.Module):
-        return [p for p in root.parameters() if p.requires_grad]
-    params: dict[int, torch.Tensor] = {}
-    with poutine.trace(param_only=True) as tr:
-        with torch.no_grad():
-            fn(*args, **kwargs)
-    for site in tr.trace.nodes.values():
-        value = site["value"]
-        get = getattr(value, "unconstrained", None)
-        value = get() if callable(get) else value
-        if value is not None and value.requires_grad:
-            params.setdefault(id(value), value)
-    return list(params.values())
+
+def _depends_on(value: torch.Tensor, candidates) -> list[torch.Tensor]:
+    """The candidates that ``value`` is a differentiable function of."""
+    if not value.requires_grad:
+        return []
+    grads = torch.autograd.grad(value, candidates, allow_unused=True)
+    return [t for t, g in zip(candidates, grads) if g is not None]
 
 
 def parameter_groups(model, guide, x, **kwargs) -> dict[str, list[torch.Tensor]]:
-    """``{"decoder": model parameters, "encoder": guide parameters}`` (shared ones count once,
-    as encoder)."""
-    encoder = _params_of(guide, x, **kwargs)
-    seen = {id(p) for p in encoder}
-    decoder = [p for p in _params_of(model, x, **kwargs) if id(p) not in seen]
-    return {"decoder": decoder, "encoder": encoder}
+    """The trainable tensors by role, found from the program, not from who declares them.
+
+    ``"decoder"``: the tensors the model's log-density log p(x, z) depends on at latent values
+    z ~ q(z|x) held fixed; ``"encoder"``: the tensors the guide's sampling distribution depends
+    on (the gradient of log q(z|x) at the same fixed z). A tensor both use (a module shared by
+    model and guide) belongs to both groups; one neither uses is in neither.
+    """
+    candidates = _unique([*trainable_tensors(model, x, **kwargs),
+                          *trainable_tensors(guide, x, **kwargs)])
+    if not candidates:
+        return {"decoder": [], "encoder": []}
+    with torch.random.fork_rng(devices=[]), torch.enable_grad(), poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(x, **kwargs)
+        z = latent_values(guide_trace)
+        log_q = poutine.trace(poutine.condition(guide, data=z)).get_trace(
+            x, **kwargs).log_prob_sum()
+        log_p = poutine.trace(poutine.condition(model, data=z)).get_trace(
+            x, **kwargs).log_prob_sum()
+        encoder = {id(t) for t in _depends_on(log_q, candidates)}
+        decoder = {id(t) for t in _depends_on(log_p, candidates)}
+    return {"decoder": [t for t in candidates if id(t) in decoder],
+            "encoder": [t for t in candidates if id(t) in encoder]}
 
 
 def has_discrete_latents(guide, x, **kwargs) -> bool:
     """True if some latent sample site of ``guide(x)`` cannot be reparameterized."""
     with torch.no_grad():
         tr = poutine.trace(guide).get_trace(x, **kwargs)
-    return any(
-        site["type"] == "sample"
-        and not site["is_observed"]
-        and not site_is_subsample(site)
-        and not getattr(site["fn"], "has_rsample", False)
-        for site in tr.nodes.values()
-    )
+    return any(not getattr(site["fn"], "has_rsample", False)
+               for site in latent_sites(tr).values())
+
+
+def _group_index(groups) -> tuple[list[torch.Tensor], dict]:
+    """The tensors of all groups, each once, and each group's positions in their flat vector."""
+    tensors = _unique([t for g in GROUPS for t in groups[g]])
+    offsets, start = {}, 0
+    for t in tensors:
+        offsets[id(t)] = (start, start + t.numel())
+        start += t.numel()
+    index = {g: torch.cat([torch.arange(*offsets[id(t)]) for t in groups[g]])
+             if groups[g] else torch.zeros(0, dtype=torch.long) for g in GROUPS}
+    return tensors, index
 
 
 class _Welford:
@@ -182,8 +192,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def _measure(objective, model, guide, x, groups, draws, warmup, num_data, baseline_lr,
              seed, warmup_data=None) -> dict:
     """Warm up the objective's state, then accumulate ``draws`` gradient estimates."""
-    all_params = [p for ps in groups.values() for p in ps]
-    sizes = [sum(p.numel() for p in groups[g]) for g in GROUPS]
+    all_params, index = _group_index(groups)
     pyro.set_rng_seed(seed)
     step_kwargs = {} if num_data is None else {"num_data": num_data}
 
@@ -214,7 +223,7 @@ def _measure(objective, model, guide, x, groups, draws, warmup, num_data, baseli
     # warm-up) would otherwise be charged to whichever estimator happens to run first.
     _zero_grad(all_params)
     objective.loss_and_grads(model, guide, x, **step_kwargs)
-    acc = _Welford(sum(sizes))
+    acc = _Welford(sum(p.numel() for p in all_params))
     losses, seconds = [], 0.0
     for _ in range(draws):
         _zero_grad(all_params)
@@ -224,10 +233,10 @@ def _measure(objective, model, guide, x, groups, draws, warmup, num_data, baseli
         seconds += time.perf_counter() - t0
         losses.append(float(loss))
         # .grad holds the gradient of the loss -objective; record the objective's gradient.
-        acc.add(-torch.cat([_flat_grad(groups[g]) for g in GROUPS]))
+        acc.add(-_flat_grad(all_params))
     _zero_grad(all_params)
     _zero_grad(module_params)
-    return {"acc": acc, "sizes": sizes, "seconds": seconds / max(draws, 1),
+    return {"acc": acc, "index": index, "seconds": seconds / max(draws, 1),
             "objective": -float(np.mean(losses)) if losses else float("nan")}
 
 
@@ -246,10 +255,10 @@ def _objective_for(name, num_particles, options, x_dim, states):
 def _row(m: dict, draws: int, ref_mean, reference: str, is_reference: bool,
          keep_vectors: bool) -> dict:
     """The statistics of one measured objective (see the module docstring)."""
-    acc, sizes = m["acc"], m["sizes"]
+    acc, index = m["acc"], m["index"]
     mean, var = acc.mean, acc.var
-    means = dict(zip(GROUPS, mean.split(sizes)))
-    variances = dict(zip(GROUPS, var.split(sizes)))
+    means = {g: mean[index[g]] for g in GROUPS}
+    variances = {g: var[index[g]] for g in GROUPS}
     row = {
         "applicable": True,
         "draws": draws,
@@ -265,7 +274,7 @@ def _row(m: dict, draws: int, ref_mean, reference: str, is_reference: bool,
         "mean_gradient_norm": float(mean.norm()),
         "seconds_per_gradient": m["seconds"],
         "objective_value": m["objective"],
-        "num_parameters": {g: int(s) for g, s in zip(GROUPS, sizes)},
+        "num_parameters": {g: int(index[g].numel()) for g in GROUPS},
     }
     if keep_vectors:
         row["mean"] = {g: means[g].numpy() for g in GROUPS}

@@ -42,11 +42,12 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from ppl_vae.errors import ConfigError, DataError
+from ppl_vae.infer.importance import log_weights, replayed_log_q, sample_particles
 from ppl_vae.poutine.plates import data_plate
+from ppl_vae.poutine.trace import latent_sites, particle_plate, per_point, plate_nesting
 
 __all__ = ["PosteriorSamples", "nuts_posterior", "guide_samples", "LocalGaussianGuide",
            "fit_local_guide", "GapResult", "inference_gaps"]
@@ -57,11 +58,6 @@ def _one_point(x) -> torch.Tensor:
         raise DataError(f"x must hold exactly one data point, shape (1, ...), got "
                         f"{tuple(getattr(x, 'shape', ()))}")
     return x
-
-
-def _latents(tr) -> dict:
-    return {n: s for n, s in tr.nodes.items()
-            if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
 
 
 @dataclass
@@ -147,9 +143,10 @@ def nuts_posterior(model, x, num_samples: int = 500, warmup: int = 300, chains: 
 def guide_samples(guide, x, num: int) -> dict:
     """``num`` draws z ~ q(z | x) for one data point, per site: (num, *event_shape)."""
     x = _one_point(x)
-    with pyro.plate("_guide_draws", int(num), dim=-2):
+    with particle_plate(int(num), 1):
         tr = poutine.trace(guide).get_trace(x)
-    return {k: s["value"].reshape(int(num), *s["value"].shape[2:]) for k, s in _latents(tr).items()}
+    return {k: s["value"].reshape(int(num), *s["value"].shape[2:])
+            for k, s in latent_sites(tr).items()}
 
 
 class LocalGaussianGuide(nn.Module):
@@ -179,7 +176,7 @@ class LocalGaussianGuide(nn.Module):
         tr = poutine.trace(guide).get_trace(x)
         draws = None
         loc, scale, shapes = {}, {}, {}
-        for i, (k, s) in enumerate(_latents(tr).items()):
+        for i, (k, s) in enumerate(latent_sites(tr).items()):
             shapes[k] = tuple(s["value"].shape[1:])
             try:
                 if i > 0:  # may depend on earlier sampled sites: its marginal is not s["fn"]
@@ -286,41 +283,27 @@ def inference_gaps(model, guide, x, num_samples: int = 5000, elbo_samples: int |
                      cat["log_px_amortized"])
 
 
-def _site_log_probs(tr, k: int, names=None) -> torch.Tensor:
-    total = torch.zeros(k, 1, dtype=torch.float64)
-    for name, site in tr.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        if names is not None and name not in names:
-            continue
-        lp = site["fn"].log_prob(site["value"]).double()
-        lp = lp.reshape(lp.shape[0], -1).sum(-1, keepdim=True) if lp.dim() else lp.reshape(1, 1)
-        total = total + torch.broadcast_to(lp, (k, 1))
-    return total
-
-
 @torch.no_grad()
 def mixture_importance_sampling(model, proposals, x, num_samples: int) -> torch.Tensor:
     """log p̂(x) for one data point by importance sampling from the equal-weight mixture of
     ``proposals`` (guides with the same latent sites), balance-heuristic weights
-    p(x, z) / (1/M Σ_m q_m(z)), ``num_samples`` // M draws from each. Returns shape (1,)."""
+    p(x, z) / (1/M Σ_m q_m(z)), ``num_samples`` // M draws from each. Returns shape (1,).
+    The weights come from the importance-sampling engine (:mod:`ppl_vae.infer.importance`)."""
     x = _one_point(x)
     m = len(proposals)
     k = max(1, int(num_samples) // m)
+    with torch.random.fork_rng(devices=[]):
+        nesting = max(1, plate_nesting(poutine.trace(model).get_trace(x)))
+
+    def reduce(t):
+        return torch.broadcast_to(per_point(t, nesting, -1), (k, 1)).double()
+
     log_w = []
     for j, prop in enumerate(proposals):
-        with pyro.plate("_mixture_particles", k, dim=-2):
-            ptr = poutine.trace(prop).get_trace(x)
-            latent = set(_latents(ptr))
-            mtr = poutine.trace(poutine.replay(model, trace=ptr)).get_trace(x)
-            lq = []
-            for i, other in enumerate(proposals):
-                if i == j:
-                    lq.append(_site_log_probs(ptr, k, latent))
-                else:
-                    otr = poutine.trace(poutine.replay(other, trace=ptr)).get_trace(x)
-                    lq.append(_site_log_probs(otr, k, latent))
-        log_mix = torch.logsumexp(torch.stack(lq), 0) - math.log(m)
-        log_w.append(_site_log_probs(mtr, k) - log_mix)
+        mtr, ptr = sample_particles(model, prop, (x,), {}, k, nesting)
+        log_p, log_qj = log_weights(mtr, ptr, reduce)
+        lq = [log_qj if i == j else replayed_log_q(other, ptr, (x,), {}, k, nesting, reduce)
+              for i, other in enumerate(proposals)]
+        log_w.append(log_p - (torch.logsumexp(torch.stack(lq), 0) - math.log(m)))
     lw = torch.cat(log_w).reshape(-1)
     return (torch.logsumexp(lw, 0) - math.log(lw.numel())).reshape(1)

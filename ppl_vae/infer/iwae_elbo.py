@@ -26,10 +26,10 @@ import math
 
 import torch
 from pyro.infer import RenyiELBO
-from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
 
 from ppl_vae.infer.util import data_scale, is_reparameterized_latent, particle_log_weights
+from ppl_vae.poutine.trace import latent_sites
 
 __all__ = ["IWAE_ELBO"]
 
@@ -54,17 +54,11 @@ class IWAE_ELBO(RenyiELBO):
             strict_enumeration_warning=strict_enumeration_warning,
         )
 
-    @staticmethod
-    def _check_reparameterized(guide_trace):
-        for name, site in guide_trace.nodes.items():
-            if (
-                site["type"] == "sample"
-                and not site["is_observed"]
-                and not site_is_subsample(site)
-                and not is_reparameterized_latent(site)
-            ):
+    def _check_reparameterized(self, guide_trace):
+        for name, site in latent_sites(guide_trace).items():
+            if not is_reparameterized_latent(site):
                 raise NotImplementedError(
-                    f"{type(guide_trace).__name__}: guide site {name!r} is not reparameterizable; "
+                    f"{type(self).__name__}: guide site {name!r} is not reparameterizable; "
                     "importance-weighted bounds here need reparameterized latents (use rws)"
                 )
 

@@ -31,33 +31,17 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer.mcmc import HMC, MCMC
-from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.poutine.trace import latent_values, trainable_tensors
 
-__all__ = ["MonteCarloEM", "model_parameters"]
-
-
-def model_parameters(model, *args, **kwargs) -> list[torch.Tensor]:
-    """The trainable tensors of ``model``: its ``nn.Module`` parameters, or the unconstrained
-    values of the ``pyro.param`` sites one run of ``model(*args, **kwargs)`` touches."""
-    if isinstance(model, nn.Module) and any(True for _ in model.parameters()):
-        return [p for p in model.parameters() if p.requires_grad]
-    tr = poutine.trace(model, param_only=True).get_trace(*args, **kwargs)
-    out = []
-    for site in tr.nodes.values():
-        value = site["value"]
-        get = getattr(value, "unconstrained", None)
-        out.append(get() if callable(get) else value)
-    return [p for p in out if p.requires_grad]
+__all__ = ["MonteCarloEM"]
 
 
 def _latent_sites(model, x, kwargs) -> dict:
     with torch.no_grad(), poutine.block():
-        tr = poutine.trace(model).get_trace(x, **kwargs)
-    return {n: s["value"].detach() for n, s in tr.nodes.items()
-            if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
+        return latent_values(poutine.trace(model).get_trace(x, **kwargs))
 
 
 class MonteCarloEM:
@@ -120,7 +104,7 @@ class MonteCarloEM:
     def m_step(self, x, z: dict) -> float:
         """``m_steps`` Adam steps on theta; returns the last complete-data log-lik per point."""
         if self.optimizer is None:
-            params = model_parameters(self.model, x, **self.model_kwargs)
+            params = trainable_tensors(self.model, x, **self.model_kwargs)
             if not params:
                 raise ConfigError("MonteCarloEM: the model has no trainable parameters")
             self.optimizer = torch.optim.Adam(params, lr=self.lr)

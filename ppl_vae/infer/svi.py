@@ -35,22 +35,9 @@ from torch import nn
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.infer.objectives import Objective, make_objective
+from ppl_vae.poutine.trace import param_site_tensors
 
 __all__ = ["SVI"]
-
-
-def _unconstrained(value: torch.Tensor) -> torch.Tensor:
-    get = getattr(value, "unconstrained", None)
-    return get() if callable(get) else value
-
-
-def _param_site_tensors(trace):
-    """Value and initial tensor of every traced ``param`` statement."""
-    for site in trace.nodes.values():
-        yield _unconstrained(site["value"])
-        init = site["args"][1] if len(site["args"]) > 1 else None
-        if torch.is_tensor(init):
-            yield init
 
 
 def _adam(params, args: dict) -> torch.optim.Adam:
@@ -140,7 +127,7 @@ class SVI:
         if self.optimizer is None or len(store) != self._store_size:
             with poutine.trace(param_only=True) as capture:
                 loss = self.objective.loss_and_grads(self.model, self.guide, *args, **kwargs)
-            candidates = [*self._module_params(), *_param_site_tensors(capture.trace)]
+            candidates = [*self._module_params(), *param_site_tensors(capture.trace)]
             # Only tensors the objective actually differentiated: a same-named tensor that Pyro's
             # global param store kept from an earlier model is a candidate but gets no gradient.
             self._add_params(p for p in candidates if p.grad is not None)

@@ -13,6 +13,9 @@ from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
+from ppl_vae.infer.importance import log_weights
+from ppl_vae.poutine.trace import is_latent, is_observed
+
 __all__ = [
     "detached_parameters",
     "is_reparameterized_latent",
@@ -65,11 +68,7 @@ def detached_parameters(guide, *others):
 
 def is_reparameterized_latent(site) -> bool:
     """True for a latent guide sample site drawn with ``rsample``."""
-    return (
-        site["type"] == "sample"
-        and not site["is_observed"]
-        and bool(getattr(site["fn"], "has_rsample", False))
-    )
+    return is_latent(site) and bool(getattr(site["fn"], "has_rsample", False))
 
 
 def rescore_with_detached_parameters(guide, guide_trace, args, kwargs, model=None) -> None:
@@ -119,7 +118,7 @@ def data_scale(model_trace) -> float:
     """
     scales = []
     for site in model_trace.nodes.values():
-        if site["type"] == "sample" and site["is_observed"]:
+        if is_observed(site):
             s = site["scale"]
             if torch.is_tensor(s) and s.numel() != 1:
                 raise NotImplementedError("importance-weighted bounds need scalar site scales")
@@ -139,16 +138,10 @@ def particle_log_weights(model_trace, guide_trace, scale):
 
     Uses the scaled log-densities divided by ``scale`` (i.e. the unscaled, masked ones), and
     sums every plate that is not shared by all sites, as :class:`pyro.infer.RenyiELBO` does; the
-    shared plates (the data plate and, if vectorized, the particle plate) are kept. Returns
-    ``(log_p, log_q)`` so that callers can detach either.
+    shared plates (the data plate and, if vectorized, the particle plate) are kept. The weights
+    are the engine's (:func:`ppl_vae.infer.importance.log_weights`). Returns ``(log_p, log_q)``
+    so that callers can detach either.
     """
     sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-    log_p = 0.0
-    for site in model_trace.nodes.values():
-        if site["type"] == "sample":
-            log_p = log_p + torch_sum(site["log_prob"], sum_dims)
-    log_q = 0.0
-    for site in guide_trace.nodes.values():
-        if site["type"] == "sample":
-            log_q = log_q + torch_sum(site["log_prob"], sum_dims)
+    log_p, log_q = log_weights(model_trace, guide_trace, lambda t: torch_sum(t, sum_dims))
     return log_p / scale, log_q / scale

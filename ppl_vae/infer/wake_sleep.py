@@ -27,16 +27,11 @@ from __future__ import annotations
 import pyro.infer
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
 
+from ppl_vae.poutine.trace import latent_values
+
 __all__ = ["WakeSleep"]
-
-
-def _latents(trace) -> dict:
-    return {name: site["value"].detach() for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"]
-            and not site_is_subsample(site)}
 
 
 class WakeSleep(pyro.infer.ELBO):
@@ -63,7 +58,7 @@ class WakeSleep(pyro.infer.ELBO):
     def _wake(self, model, guide, args, kwargs):
         """(wake-theta surrogate loss, -ELBO estimate) for one sample z ~ q(z|x)."""
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        fixed = _latents(guide_trace)
+        fixed = latent_values(guide_trace)
         model_trace = poutine.trace(poutine.condition(model, data=fixed)).get_trace(*args, **kwargs)
         log_p = model_trace.log_prob_sum()
         elbo = log_p.detach() - guide_trace.log_prob_sum().detach()
@@ -77,7 +72,7 @@ class WakeSleep(pyro.infer.ELBO):
             raise ValueError(f"wake-sleep: the model has no site {self.observed!r} to dream "
                              "(pass observed= the name of its observed site)")
         x_dream = dream.nodes[self.observed]["value"].detach()
-        latents = {k: v for k, v in _latents(dream).items() if k != self.observed}
+        latents = {k: v for k, v in latent_values(dream).items() if k != self.observed}
         conditioned = poutine.condition(guide, data=latents)
         guide_trace = poutine.trace(conditioned).get_trace(x_dream, *args[1:], **kwargs)
         return -guide_trace.log_prob_sum()

@@ -16,29 +16,25 @@ from torch.distributions import biject_to
 from ppl_vae.errors import ConfigError
 from ppl_vae.marginal.common import (
     AIS_ELEMENT_BUDGET,
-    PARTICLES,
-    SCHEDULES,
+    AIS_SCHEDULES,
     Layout,
     check_data,
-    check_same_latents,
     chunk_ranges,
     collect_result,
     default_chunks,
     kept_rng_state,
     optional_positive_int,
-    per_point,
     point_block,
     point_blocks,
     point_seed,
     positive_int,
     probe,
     progress_bar,
-    sample_sites,
     seed_streams,
-    sum_log_prob,
     weight_stats,
 )
 from ppl_vae.marginal.result import MarginalLikelihoodResult
+from ppl_vae.poutine.trace import latent_sites, particle_plate, sample_sites
 
 
 # ------------------------------------------------------------------------------------------
@@ -62,7 +58,7 @@ def _schedule(schedule, num_steps: int) -> torch.Tensor:
             betas = (s - s[0]) / (s[-1] - s[0])
         else:
             raise ConfigError(
-                f"unknown AIS schedule {schedule!r}; choose one of {SCHEDULES} or pass the "
+                f"unknown AIS schedule {schedule!r}; choose one of {AIS_SCHEDULES} or pass the "
                 "temperatures β_0 = 0 < ... < β_T = 1"
             )
         betas[0], betas[-1] = 0.0, 1.0
@@ -138,7 +134,7 @@ class _AnnealedTarget:
 
     def initial(self) -> dict:
         fn = self.guide if self.init == "guide" else self.model
-        with torch.no_grad(), pyro.plate(PARTICLES, self.chains, dim=self.layout.particle_dim):
+        with torch.no_grad(), particle_plate(self.chains, self.layout.max_plate_nesting):
             tr = poutine.trace(fn).get_trace(self.xb)
         return {s.name: s.transform.inv(tr.nodes[s.name]["value"]).detach() for s in self.sites}
 
@@ -152,22 +148,28 @@ class _AnnealedTarget:
                 zs = s.transform(ur[s.name])
                 z[s.name] = zs
                 if not s.identity:
-                    ldj = ldj + per_point(s.transform.log_abs_det_jacobian(ur[s.name], zs), layout)
-            with pyro.plate(PARTICLES, self.chains, dim=layout.particle_dim):
+                    ldj = ldj + layout.per_point(
+                        s.transform.log_abs_det_jacobian(ur[s.name], zs))
+            with particle_plate(self.chains, layout.max_plate_nesting):
                 mtr = poutine.trace(poutine.condition(self.model, data=z)).get_trace(self.xb)
                 gtr = None
                 if self.init == "guide":
                     gtr = poutine.trace(poutine.condition(self.guide, data=z)).get_trace(self.xb)
+            # condition() marks the given z as observed: name the latent sites explicitly
             mtr.compute_log_prob()
-            log_p = sum_log_prob(mtr, [name for name, _ in sample_sites(mtr)], layout, shape)
-            if gtr is None:
-                log_q = sum_log_prob(mtr, list(z), layout, shape)
-            else:
-                names = [name for name, _ in sample_sites(gtr)]
-                check_same_latents(list(z), names)
+            log_p = sum(layout.reduce(site["log_prob"]) for site in sample_sites(mtr).values())
+            qtr = mtr
+            if gtr is not None:
+                missing = sorted(set(z) - set(sample_sites(gtr)))
+                if missing or set(latent_sites(gtr)):
+                    raise ConfigError(
+                        f"the guide's latent sites differ from the model's {sorted(z)} "
+                        "(stochastic control flow?)")
                 gtr.compute_log_prob()
-                log_q = sum_log_prob(gtr, names, layout, shape)
-            a, b = log_q + ldj, log_p + ldj
+                qtr = gtr
+            log_q = sum(layout.reduce(qtr.nodes[name]["log_prob"]) for name in z)
+            a = torch.broadcast_to(log_q + ldj, shape)
+            b = torch.broadcast_to(log_p + ldj, shape)
             inputs = list(ur.values())
             ga = torch.autograd.grad(a.sum(), inputs, retain_graph=True, allow_unused=True)
             gb = torch.autograd.grad(b.sum(), inputs, allow_unused=True)
@@ -180,7 +182,7 @@ class _AnnealedTarget:
 def _kinetic(p: dict, sites, layout) -> torch.Tensor:
     total = 0.0
     for s in sites:
-        total = total + per_point(0.5 * p[s.name] ** 2, layout, s.u_event_dim)
+        total = total + layout.per_point(0.5 * p[s.name] ** 2, s.u_event_dim)
     return total
 
 
@@ -237,9 +239,9 @@ def _check_options(guide, num_samples, num_steps, init, schedule, num_leapfrog, 
             raise ConfigError(f"{name} must be a positive number, got {v!r}")
     if not 0.0 < float(target_accept) < 1.0:
         raise ConfigError(f"target_accept must be in (0, 1), got {target_accept!r}")
-    if isinstance(schedule, str) and schedule not in SCHEDULES:
+    if isinstance(schedule, str) and schedule not in AIS_SCHEDULES:
         raise ConfigError(
-            f"unknown AIS schedule {schedule!r}; choose one of {SCHEDULES} or pass the "
+            f"unknown AIS schedule {schedule!r}; choose one of {AIS_SCHEDULES} or pass the "
             "temperatures β_0 = 0 < ... < β_T = 1"
         )
     return (positive_int(num_samples, "num_samples"), positive_int(num_steps, "num_steps"),

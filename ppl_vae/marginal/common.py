@@ -9,23 +9,23 @@ import numbers
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from ppl_vae.errors import ConfigError, DataError, PplVaeError
 from ppl_vae.marginal.checks import require_density
 from ppl_vae.marginal.result import MarginalLikelihoodResult
+from ppl_vae.poutine import trace as vocab
 
-PARTICLES = "_marginal_particles"
 ELEMENT_BUDGET = 2**25  # floats per (particle_chunk x batch_size x D) tensor, IS / naive MC
 AIS_ELEMENT_BUDGET = 2**22  # the same for AIS, which also holds an autograd graph
-SCHEDULES = ("geometric", "sigmoid", "linear")
+#: The AIS temperature schedules by name (see :func:`~ppl_vae.marginal.ais.ais_temperatures`).
+AIS_SCHEDULES = ("geometric", "sigmoid", "linear")
 #: Samples per call of the per-point (seeded) path; part of the definition of its streams.
 PARTICLE_BLOCK = 1000
 ROWS_PER_CALL = 8192  # points x samples per call of the seeded path (see point_block)
@@ -58,32 +58,6 @@ def check_data(x) -> torch.Tensor:
     return x
 
 
-def sample_sites(trace):
-    return [
-        (name, site)
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site_is_subsample(site)
-    ]
-
-
-def latent_names(trace) -> list[str]:
-    return [name for name, site in sample_sites(trace) if not site["is_observed"]]
-
-
-def observed_names(trace) -> list[str]:
-    return [name for name, site in sample_sites(trace) if site["is_observed"]]
-
-
-def plate_nesting(trace) -> int:
-    dims = [
-        -f.dim
-        for _, site in sample_sites(trace)
-        for f in site["cond_indep_stack"]
-        if f.vectorized and f.dim is not None
-    ]
-    return max(dims, default=0)
-
-
 def run_probe(fn, x, what: str):
     try:
         trace = poutine.trace(fn).get_trace(x)
@@ -101,7 +75,12 @@ def run_probe(fn, x, what: str):
 
 @dataclass
 class Layout:
-    """What the probe traces say about the model/guide pair."""
+    """What the probe traces say about the model/guide pair.
+
+    ``whole_data``: the pair only runs on all of ``x`` at once (a guide with one parameter per
+    data point, a model whose data plate has a fixed size), so the estimators never cut ``x``
+    into chunks of points.
+    """
 
     latent: tuple[str, ...]
     observed: tuple[str, ...]
@@ -109,83 +88,115 @@ class Layout:
     data_dim: int
     supports: dict
     num_dims: int
+    whole_data: bool = False
 
     @property
     def particle_dim(self) -> int:
         return -(self.max_plate_nesting + 1)
 
+    def per_point(self, t: torch.Tensor, event_dim: int = 0) -> torch.Tensor:
+        """``t`` reduced to (particles or 1, data points or 1): :func:`vocab.per_point`."""
+        return vocab.per_point(t, self.max_plate_nesting, self.data_dim, event_dim)
+
+    def reduce(self, t: torch.Tensor) -> torch.Tensor:
+        return vocab.per_point(t, self.max_plate_nesting, self.data_dim)
+
 
 def _check_guide_latents(mtr, gtr, latent) -> None:
     """The guide must have exactly the model's latent sites, with the same shapes."""
-    g_latent = latent_names(gtr)
+    g_latent = list(vocab.latent_sites(gtr))
     if set(g_latent) != set(latent):
         missing = sorted(set(latent) - set(g_latent))
         extra = sorted(set(g_latent) - set(latent))
-        raise ConfigError(
-            "the guide's latent sites differ from the model's: "
-            + "; ".join(
-                s
-                for s in (
-                    f"missing from the guide: {missing}" if missing else "",
-                    f"not in the model: {extra}" if extra else "",
-                )
-                if s
-            )
-        )
+        parts = [f"missing from the guide: {missing}" if missing else "",
+                 f"not in the model: {extra}" if extra else ""]
+        raise ConfigError("the guide's latent sites differ from the model's: "
+                          + "; ".join(p for p in parts if p))
     for name in latent:
         ms, gs = mtr.nodes[name]["value"].shape, gtr.nodes[name]["value"].shape
         if ms != gs:
             raise ConfigError(
                 f"latent site {name!r} has shape {tuple(gs)} in the guide but "
-                f"{tuple(ms)} in the model"
-            )
+                f"{tuple(ms)} in the model")
+
+
+def _data_frame(trace, name, data_dim):
+    frames = [f for f in trace.nodes[name]["cond_indep_stack"]
+              if f.vectorized and f.dim == data_dim]
+    return frames[0] if frames else None
 
 
 def _check_data_plate(mtr, gtr, latent, observed, data_dim, xp) -> None:
-    """Every latent and observed site must sit in the data plate, whose size is the number of
-    data points."""
-    n_probe = xp.shape[0]
+    """Every latent and observed site must sit in the data plate, whose size (where the program
+    gives one) is the number of data points. Global sites are reported first: they are the
+    reason, not the plate's size."""
     sites = [(mtr, name, "model") for name in latent + observed]
     if gtr is not None:
         sites += [(gtr, name, "guide") for name in latent]
+    outside = sorted({name for tr, name, _ in sites if _data_frame(tr, name, data_dim) is None})
+    if outside:
+        raise ConfigError(
+            f"sites {outside} are not inside a vectorized plate at dim {data_dim} (the data "
+            "plate): global latents make log p(x_n) non-separable, so there is no per-point "
+            "log-likelihood; estimate the model evidence log p(X) of the whole data set with "
+            "ppl_vae.marginal.model_evidence (ppl-vae evaluate --evidence), or pass the "
+            "data_dim of your data plate")
     for tr, name, who in sites:
-        frames = [f for f in tr.nodes[name]["cond_indep_stack"]
-                  if f.vectorized and f.dim == data_dim]
-        if not frames:
-            raise ConfigError(
-                f"{who} site {name!r} is not inside a vectorized plate at dim {data_dim} (the "
-                "data plate): every latent and observed site needs one value per data point "
-                "(global latents make log p(x_n) non-separable); put it in "
-                f"pyro.plate(..., dim={data_dim}) or pass data_dim"
-            )
-        if frames[0].size != n_probe:
+        frame = _data_frame(tr, name, data_dim)
+        if frame.size not in (None, -1) and frame.size != xp.shape[0]:
             raise DataError(
-                f"the data plate {frames[0].name!r} of {who} site {name!r} has size "
-                f"{frames[0].size} for x of shape {tuple(xp.shape)}: the data points must run "
-                "along the first dimension of x"
-            )
+                f"the data plate {frame.name!r} of {who} site {name!r} has size {frame.size} "
+                f"for x of shape {tuple(xp.shape)}: the data points must run along the first "
+                "dimension of x")
+
+
+def _probe_traces(model, guide, x, use_guide: bool):
+    """Model and guide traces on the first two points of ``x`` or, where the pair cannot run on
+    a part of the data (per-point guide parameters, a fixed-size data plate), on all of it:
+    ``(model trace, guide trace or None, whole_data)``."""
+    attempts = [(x[:min(2, x.shape[0])], False)]
+    if x.shape[0] > 2:
+        attempts.append((x, True))
+    first = None
+    for xp, whole in attempts:
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):  # RNG streams untouched
+                mtr = run_probe(model, xp, "model")
+                gtr = run_probe(guide, xp, "guide") if use_guide else None
+        except DataError as exc:
+            first = first or exc
+            continue
+        if not whole or _points_observed(mtr, x.shape[0]):
+            return mtr, gtr, whole, xp
+    raise first
+
+
+def _points_observed(trace, n: int) -> bool:
+    """Whether some observed site's value holds the ``n`` points in a batch dimension (a pair
+    that only runs on the whole data must still observe one value per point)."""
+    for site in vocab.observed_sites(trace).values():
+        batch = site["value"].shape[:site["value"].dim() - site["fn"].event_dim]
+        if n in tuple(batch):
+            return True
+    return False
 
 
 def probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> Layout:
-    """Trace model (and guide) on one or two data points; raise clear errors for bad input."""
-    n_probe = min(2, x.shape[0])
-    xp = x[:n_probe]
-    require_density(model, guide if use_guide else None, xp)  # autoencoders: one clear line
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leaves the RNG streams alone
-        mtr = run_probe(model, xp, "model")
-        gtr = run_probe(guide, xp, "guide") if use_guide else None
-    observed = observed_names(mtr)
-    latent = latent_names(mtr)
+    """Trace model (and guide) on one or two data points (all of them where the pair needs it);
+    raise clear errors for bad input."""
+    require_density(model, guide if use_guide else None, x[:min(2, x.shape[0])])
+    mtr, gtr, whole, xp = _probe_traces(model, guide, x, use_guide)
+    observed = list(vocab.observed_sites(mtr))
+    latent = list(vocab.latent_sites(mtr))
     if not observed:
         raise ConfigError(
             "the model has no observed sample site: it must observe the data, e.g. "
-            "pyro.sample('x', dist, obs=x)"
-        )
+            "pyro.sample('x', dist, obs=x)")
     if not latent:
         raise ConfigError("the model has no latent sample site; log p(x) needs no estimator")
     if gtr is not None:
         _check_guide_latents(mtr, gtr, latent)
-    guessed = max(1, plate_nesting(mtr), plate_nesting(gtr) if gtr is not None else 0)
+    guessed = max(1, vocab.plate_nesting(mtr), vocab.plate_nesting(gtr) if gtr is not None else 0)
     if max_plate_nesting is None:
         max_plate_nesting = guessed
     else:
@@ -193,53 +204,22 @@ def probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> L
         if max_plate_nesting < guessed:
             raise ConfigError(
                 f"max_plate_nesting={max_plate_nesting} but the model/guide nest plates "
-                f"{guessed} deep"
-            )
+                f"{guessed} deep")
     if isinstance(data_dim, bool) or not isinstance(data_dim, int) or not (
         -max_plate_nesting <= data_dim <= -1
     ):
         raise ConfigError(
             f"data_dim must be a negative plate dimension in [-{max_plate_nesting}, -1], "
-            f"got {data_dim!r}"
-        )
-
+            f"got {data_dim!r}")
     _check_data_plate(mtr, gtr, latent, observed, data_dim, xp)
     supports = {name: mtr.nodes[name]["fn"].support for name in latent}
-    return Layout(
-        tuple(latent), tuple(observed), max_plate_nesting, data_dim, supports,
-        int(x[0].numel()),
-    )
+    return Layout(tuple(latent), tuple(observed), max_plate_nesting, data_dim, supports,
+                  int(x[0].numel()), whole)
 
 
 # ------------------------------------------------------------------------------------------
-# per-data-point reductions
+# per-data-point diagnostics
 # ------------------------------------------------------------------------------------------
-def per_point(t: torch.Tensor, layout: Layout, event_dim: int = 0) -> torch.Tensor:
-    """Reduce a site-shaped tensor to (particles or 1, data or 1) by summing all other dims."""
-    if event_dim:
-        t = t.sum(dim=tuple(range(-event_dim, 0)))
-    nb = layout.max_plate_nesting + 1
-    if t.dim() < nb:
-        t = t.reshape((1,) * (nb - t.dim()) + tuple(t.shape))
-    elif t.dim() > nb:
-        raise ConfigError(
-            f"a site has batch shape {tuple(t.shape)} with more than max_plate_nesting + 1 = "
-            f"{nb} dimensions; pass a larger max_plate_nesting"
-        )
-    t = t.movedim(layout.data_dim, -1)
-    if nb > 2:
-        t = t.flatten(1, -2).sum(1)
-    return t
-
-
-def sum_log_prob(trace, names, layout: Layout, shape) -> torch.Tensor:
-    total = None
-    for name in names:
-        lp = per_point(trace.nodes[name]["log_prob"], layout)
-        total = lp if total is None else total + lp
-    return torch.broadcast_to(total, shape)
-
-
 def weight_stats(lw: torch.Tensor) -> dict:
     """Diagnostics of log weights ``lw`` of shape (B, K), float64."""
     b, k = lw.shape
@@ -406,9 +386,11 @@ def run_weights(name, log_weight_fn, x, k, batch_size, particle_chunk, layout, p
     ``seed=None``: chunks of ``batch_size`` points x ``particle_chunk`` samples drawn from the
     global RNG. With a ``seed``: per-point random streams (see :func:`_seeded_weights`);
     ``batch_size`` is then not used, and ``particle_chunk`` (default :data:`PARTICLE_BLOCK`)
-    is part of the streams' definition. Pyro's validation is switched off inside the loop: the
-    probe trace
-    has already checked shapes and supports, and the checks cost ~10% of the work.
+    is part of the streams' definition. A pair that only runs on all points at once
+    (``layout.whole_data``) is called on all of ``x``, its samples chunked; with a seed its
+    streams then depend on (seed, ``index_offset``) only. Pyro's validation is switched off
+    inside the loop: the probe trace has already checked shapes and supports, and the checks
+    cost ~10% of the work.
     """
     n = x.shape[0]
     stats, kept = [], ([] if return_log_weights else None)
@@ -419,7 +401,14 @@ def run_weights(name, log_weight_fn, x, k, batch_size, particle_chunk, layout, p
             kept.append(lw)
 
     with progress_bar(progress, n * k, name, "sample") as bar, pyro.validation_enabled(False):
-        if seed is None:
+        if layout.whole_data:  # the pair runs on all points at once: chunk the samples only
+            _, particle_chunk = default_chunks(k, n, particle_chunk, layout.num_dims * n, n,
+                                               ELEMENT_BUDGET)
+            with kept_rng_state(x.device) if seed is not None else nullcontext():
+                if seed is not None:
+                    seed_streams(point_seed(seed, index_offset, -1), x.device)
+                _batched_weights(log_weight_fn, x, k, n, particle_chunk, bar, on_rows)
+        elif seed is None:
             batch_size, particle_chunk = default_chunks(
                 k, batch_size, particle_chunk, layout.num_dims, n, ELEMENT_BUDGET)
             _batched_weights(log_weight_fn, x, k, batch_size, particle_chunk, bar, on_rows)
@@ -428,13 +417,3 @@ def run_weights(name, log_weight_fn, x, k, batch_size, particle_chunk, layout, p
             _seeded_weights(log_weight_fn, x, k, particle_chunk, seed, index_offset, bar,
                             on_rows)
     return collect_result(name, stats, k, layout, t0, log_weights=kept)
-
-
-def check_same_latents(model_names, guide_names):
-    if set(model_names) != set(guide_names):
-        raise ConfigError(
-            f"the guide's latent sites {sorted(guide_names)} differ from the model's "
-            f"{sorted(model_names)} (stochastic control flow?)"
-        )
-
-

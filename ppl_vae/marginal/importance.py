@@ -5,23 +5,16 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import pyro
 import torch
-from pyro import poutine
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.infer.importance import importance_log_weights
 from ppl_vae.marginal.common import (
-    PARTICLES,
     check_data,
-    check_same_latents,
-    latent_names,
-    observed_names,
     optional_positive_int,
     positive_int,
     probe,
     run_weights,
-    sample_sites,
-    sum_log_prob,
 )
 from ppl_vae.marginal.result import MarginalLikelihoodResult
 
@@ -64,11 +57,9 @@ def naive_monte_carlo(
                     use_guide=False)
 
     def log_weights(xb, kc):
-        with pyro.plate(PARTICLES, kc, dim=layout.particle_dim):
-            mtr = poutine.trace(model).get_trace(xb)
-        observed = observed_names(mtr)
-        mtr.compute_log_prob(lambda name, site: name in observed)
-        return sum_log_prob(mtr, observed, layout, (kc, xb.shape[0]))
+        lw = importance_log_weights(model, None, (xb,), {}, kc, layout.max_plate_nesting,
+                                    layout.reduce)
+        return torch.broadcast_to(lw, (kc, xb.shape[0]))
 
     return run_weights("naive", log_weights, x, k, batch_size, particle_chunk, layout, progress,
                        return_log_weights, t0, seed, index_offset)
@@ -111,16 +102,9 @@ def importance_sampling(
                     use_guide=True)
 
     def log_weights(xb, kc):
-        with pyro.plate(PARTICLES, kc, dim=layout.particle_dim):
-            gtr = poutine.trace(guide).get_trace(xb)
-            mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace(xb)
-        g_latent = latent_names(gtr)
-        check_same_latents(latent_names(mtr), g_latent)
-        gtr.compute_log_prob(lambda name, site: name in g_latent)
-        mtr.compute_log_prob()
-        shape = (kc, xb.shape[0])
-        log_p = sum_log_prob(mtr, [name for name, _ in sample_sites(mtr)], layout, shape)
-        return log_p - sum_log_prob(gtr, g_latent, layout, shape)
+        lw = importance_log_weights(model, guide, (xb,), {}, kc, layout.max_plate_nesting,
+                                    layout.reduce)
+        return torch.broadcast_to(lw, (kc, xb.shape[0]))
 
     return run_weights("is", log_weights, x, k, batch_size, particle_chunk, layout, progress,
                        return_log_weights, t0, seed, index_offset)

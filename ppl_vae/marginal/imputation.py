@@ -25,7 +25,9 @@ mean uses E[x_miss | z_k] rather than the drawn pixels (Rao-Blackwellization).
 
 Conventions as in :mod:`ppl_vae.marginal`: ``model(x)`` observes ``x`` at one site (default
 ``"x"``) whose distribution factorizes over pixels (e.g. ``Bernoulli(...).to_event(1)``); every
-site is inside a data plate at dim -1; the guide is amortized (``guide(x)`` for any x).
+site is inside a data plate at dim -1 (sized, or without a size); a guide with per-point
+parameters is called on all of ``x`` at once. The weights come from the one importance-sampling
+engine, :mod:`ppl_vae.infer.importance`.
 """
 
 from __future__ import annotations
@@ -33,19 +35,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import pyro
 import torch
-from pyro import poutine
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.errors import ConfigError, DataError
+from ppl_vae.infer.importance import log_weights, sample_particles
+from ppl_vae.marginal.common import positive_int, probe
+from ppl_vae.poutine.trace import site_mean
 
-__all__ = ["MISSING_PATTERNS", "missing_mask", "observed_only", "MaskObservations",
-           "ImputationResult", "impute_importance"]
+__all__ = ["missing_mask", "observed_only", "MaskObservations", "ImputationResult",
+           "impute_importance"]
 
-MISSING_PATTERNS = ("bottom-half", "right-half", "random-0.5")
-_PARTICLES = "_impute_particles"
 _BUDGET = 2**24
 
 
@@ -117,12 +117,6 @@ class ImputationResult:
     method: str = "importance-resampling"
 
 
-def _per_point(lp: torch.Tensor, k: int, b: int) -> torch.Tensor:
-    while lp.dim() > 2:
-        lp = lp.sum(-1)
-    return torch.broadcast_to(lp, (k, b))
-
-
 @torch.no_grad()
 def impute_importance(model, guide, x: torch.Tensor, observed: torch.Tensor,
                       num_samples: int = 1000, fill: torch.Tensor | float = 0.5,
@@ -130,57 +124,48 @@ def impute_importance(model, guide, x: torch.Tensor, observed: torch.Tensor,
     """Impute the pixels of ``x`` where ``observed`` is False (see the module docstring).
 
     ``fill`` completes x_obs for the guide's input (a scalar or a (D,) per-pixel training mean);
-    ``batch_size`` data points are processed at a time (default: ~2**24 floats per tensor).
+    ``batch_size`` data points are processed at a time (default: ~2**24 floats per tensor). The
+    weights come from the one importance-sampling engine (:mod:`ppl_vae.infer.importance`).
     """
     if x.dim() != 2:
         raise DataError(f"x must have shape (N, D), got {tuple(x.shape)}")
     observed = torch.as_tensor(observed, dtype=torch.bool, device=x.device).expand_as(x)
-    k = int(num_samples)
-    if k < 1:
-        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    k = positive_int(num_samples, "num_samples")
     n, d = x.shape
-    from ppl_vae.marginal.checks import require_density
-
-    require_density(model, guide, x[:2])  # importance weights need p(z) and q(z|x) densities
+    layout = probe(model, guide, x, max_plate_nesting=None, data_dim=-1, use_guide=True)
+    if obs_site not in layout.observed:
+        raise ConfigError(f"the model has no observed site {obs_site!r}")
     fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device).expand(d)
-    bs = batch_size or max(1, _BUDGET // (k * d))
-    out = {key: [] for key in ("samples", "mean", "lp_obs", "lp_full", "ess")}
-    for b0 in range(0, n, bs):
-        xb, mb = x[b0:b0 + bs], observed[b0:b0 + bs]
-        b = xb.shape[0]
-        x_fill = torch.where(mb, xb, fill)
-        with pyro.plate(_PARTICLES, k, dim=-2):
-            gtr = poutine.trace(guide).get_trace(x_fill)
-            mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace(xb)
-        if obs_site not in mtr.nodes or not mtr.nodes[obs_site]["is_observed"]:
-            raise ConfigError(f"the model has no observed site {obs_site!r}")
-        log_w = torch.zeros(k, b, dtype=torch.float64, device=x.device)
-        for name, site in gtr.nodes.items():
-            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
-                log_w -= _per_point(site["fn"].log_prob(site["value"]), k, b).double()
-        for name, site in mtr.nodes.items():
-            if (site["type"] == "sample" and not site_is_subsample(site)
-                    and name != obs_site):
-                log_w += _per_point(site["fn"].log_prob(site["value"]), k, b).double()
-        fn = mtr.nodes[obs_site]["fn"]
-        lp_obs = _per_point(observed_only(fn, mb).log_prob(xb), k, b).double()
-        lp_miss = _per_point(observed_only(fn, ~mb).log_prob(xb), k, b).double()
-        lw_obs = log_w + lp_obs
-        lse_obs = torch.logsumexp(lw_obs, 0)
-        out["lp_obs"].append(lse_obs - math.log(k))
-        out["lp_full"].append(torch.logsumexp(lw_obs + lp_miss, 0) - math.log(k))
-        wn = torch.exp(lw_obs - lse_obs)  # (K, B) normalized weights
-        out["ess"].append(1.0 / (wn ** 2).sum(0))
-        try:
-            means = fn.mean
-        except NotImplementedError:
-            means = fn.sample()
-        means = torch.broadcast_to(means, (k, b, d))
-        cond_mean = (wn.unsqueeze(-1).to(means.dtype) * means).sum(0)
-        out["mean"].append(torch.where(mb, xb, cond_mean))
-        idx = torch.multinomial(wn.T.float(), 1).squeeze(-1)  # (B,) resampled particle
-        draws = torch.broadcast_to(fn.sample(), (k, b, d))[idx, torch.arange(b)]
-        out["samples"].append(torch.where(mb, xb, draws.to(xb.dtype)))
-    lp_obs, lp_full = torch.cat(out["lp_obs"]), torch.cat(out["lp_full"])
-    return ImputationResult(torch.cat(out["samples"]), torch.cat(out["mean"]), lp_full - lp_obs,
-                            lp_obs, lp_full, torch.cat(out["ess"]), k)
+    bs = n if layout.whole_data else (batch_size or max(1, _BUDGET // (k * d)))
+    parts = [_impute_block(model, guide, x[b0:b0 + bs], observed[b0:b0 + bs], fill, k, obs_site,
+                           layout) for b0 in range(0, n, bs)]
+    cat = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+    return ImputationResult(cat["samples"], cat["mean"], cat["lp_full"] - cat["lp_obs"],
+                            cat["lp_obs"], cat["lp_full"], cat["ess"], k)
+
+
+def _impute_block(model, guide, xb, mb, fill, k, obs_site, layout) -> dict:
+    """Weights, conditional means and one resampled draw for one block of points."""
+    b = xb.shape[0]
+    shape = (k, b)
+    mtr, gtr = sample_particles(model, guide, (xb,), {}, k, layout.max_plate_nesting,
+                                guide_args=(torch.where(mb, xb, fill),))
+    log_p, log_q = log_weights(mtr, gtr, layout.reduce)
+    fn = mtr.nodes[obs_site]["fn"]
+    lp_site = layout.reduce(mtr.nodes[obs_site]["log_prob"])
+    lp_obs = layout.reduce(observed_only(fn, mb).log_prob(xb)).double()
+    lp_miss = layout.reduce(observed_only(fn, ~mb).log_prob(xb)).double()
+    lw_obs = torch.broadcast_to((log_p - lp_site - log_q).double() + lp_obs, shape)
+    lse_obs = torch.logsumexp(lw_obs, 0)
+    wn = torch.exp(lw_obs - lse_obs)  # (K, B) normalized weights
+    means = torch.broadcast_to(site_mean(fn, fn.sample), (k, b, xb.shape[1]))
+    cond_mean = (wn.unsqueeze(-1).to(means.dtype) * means).sum(0)
+    idx = torch.multinomial(wn.T.float(), 1).squeeze(-1)  # (B,) resampled particle
+    draws = torch.broadcast_to(fn.sample(), (k, b, xb.shape[1]))[idx, torch.arange(b)]
+    return {
+        "samples": torch.where(mb, xb, draws.to(xb.dtype)),
+        "mean": torch.where(mb, xb, cond_mean),
+        "lp_obs": lse_obs - math.log(k),
+        "lp_full": torch.logsumexp(lw_obs + lp_miss, 0) - math.log(k),
+        "ess": 1.0 / (wn ** 2).sum(0),
+    }

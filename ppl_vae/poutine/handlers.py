@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pyro.poutine.messenger import Messenger
 
-__all__ = ["ScaleLatents", "Temperature", "PointLatents", "tempered", "point_estimate"]
+from ppl_vae.poutine.trace import is_latent, point_estimate
+
+__all__ = ["ScaleLatents", "Temperature", "PointLatents", "tempered"]
 
 
 class ScaleLatents(Messenger):
@@ -21,17 +23,8 @@ class ScaleLatents(Messenger):
         self.beta = float(beta)
 
     def _pyro_sample(self, msg):
-        if not msg["is_observed"] and self.beta != 1.0:
+        if is_latent(msg) and self.beta != 1.0:
             msg["scale"] = msg["scale"] * self.beta
-
-
-# ------------------------------------------------------------------------------------------
-# handlers of the generation toolkit (ppl_vae.analysis.generation, ppl_vae.analysis.posterior, ...)
-# ------------------------------------------------------------------------------------------
-def _latent(msg) -> bool:
-    from pyro.poutine.util import site_is_subsample
-
-    return msg["type"] == "sample" and not msg["is_observed"] and not site_is_subsample(msg)
 
 
 _LOC_SCALE = ("Normal", "Laplace", "Cauchy", "Logistic", "Gumbel")
@@ -90,35 +83,12 @@ class Temperature(Messenger):
         self.exclude = set(exclude)
 
     def _pyro_sample(self, msg):
-        if not _latent(msg) or (self.sites is not None and msg["name"] not in self.sites):
+        if not is_latent(msg) or (self.sites is not None and msg["name"] not in self.sites):
             return
         if msg["name"] in self.exclude:
             return
         if self.temperature != 1.0:
             msg["fn"] = tempered(msg["fn"], self.temperature)
-
-
-def point_estimate(fn):
-    """A point summary of a latent distribution: its mean where defined.
-
-    ``TransformedDistribution`` s (normalizing flows, which have no closed-form mean) give the
-    transforms applied to the base distribution's point estimate; a ``Delta`` its value. Raises
-    ``NotImplementedError`` when there is none (e.g. an improper distribution).
-    """
-    import pyro.distributions as dist
-
-    if isinstance(fn, dist.Independent):
-        return point_estimate(fn.base_dist)
-    try:
-        return fn.mean
-    except NotImplementedError:
-        pass
-    if isinstance(fn, dist.TransformedDistribution) or hasattr(fn, "transforms"):
-        z = point_estimate(fn.base_dist)
-        for t in fn.transforms:
-            z = t(z)
-        return z
-    raise NotImplementedError(f"{type(fn).__name__} has no mean")
 
 
 class PointLatents(Messenger):
@@ -133,7 +103,7 @@ class PointLatents(Messenger):
         self.exclude = set(exclude)
 
     def _pyro_sample(self, msg):
-        if not _latent(msg) or msg["value"] is not None or msg["name"] in self.exclude:
+        if not is_latent(msg) or msg["value"] is not None or msg["name"] in self.exclude:
             return
         if self.sites is not None and msg["name"] not in self.sites:
             return
