@@ -31,7 +31,7 @@ from ppl_vae.poutine.handlers import PointLatents, Temperature
 from ppl_vae.poutine.trace import latent_sites as trace_latent_sites
 from ppl_vae.poutine.trace import latent_values, site_mean
 
-__all__ = ["sample_images", "reconstruct", "interpolate", "impute", "encode", "decode",
+__all__ = ["sample_images", "reconstruct", "interpolate", "impute_pseudo_gibbs", "encode", "decode",
            "latent_sites", "top_latent", "prior_quantiles", "manifold", "traverse",
            "attribute_direction", "apply_attribute", "slerp"]
 
@@ -293,13 +293,15 @@ def apply_attribute(model, guide, x, direction: dict, alphas, obs_site: str = "x
 
 
 @torch.no_grad()
-def impute(model, guide, x, observed_mask, iterations: int = 20, obs_site: str = "x"):
+def impute_pseudo_gibbs(model, guide, x, observed_mask, iterations: int = 20,
+                        obs_site: str = "x"):
     """Fill in missing pixels (``observed_mask`` False) by iterating x_miss <- E[x|z], z ~ q(z|x).
 
     The pseudo-Gibbs scheme of Rezende et al. (2014), section 5.3: start the missing pixels at
     0.5, alternate encoding and decoding, keep the observed pixels fixed. It is *not* a valid
     sampler of p(x_miss | x_obs) (q is not the exact posterior); see
-    :func:`ppl_vae.marginal.imputation.impute_importance` for the principled method the CLI uses.
+    :func:`ppl_vae.impute` (:func:`ppl_vae.marginal.imputation.impute`) for the principled
+    method the CLI uses.
     """
     observed_mask = observed_mask.bool()
     cur = torch.where(observed_mask, x, torch.full_like(x, 0.5))

@@ -136,7 +136,7 @@ def run(args) -> int:
     if args.limit is not None:
         x = x[: args.limit]
     with torch.no_grad():
-        result = distributed.estimate_log_likelihood(
+        result = distributed.sharded_log_likelihood(
             r.model, r.guide, x.to(device), args.estimator, args.samples,
             align=args.batch_size or 1, **_options(args))
     if not distributed.is_main():

@@ -31,9 +31,9 @@ def run(args) -> int:
 
     import torch
 
-    from ppl_vae.analysis.generation import impute as pseudo_gibbs
+    from ppl_vae.analysis.generation import impute_pseudo_gibbs as pseudo_gibbs
     from ppl_vae.io.plots import save_image_grid
-    from ppl_vae.marginal.imputation import impute_importance, missing_mask
+    from ppl_vae.marginal.imputation import impute, missing_mask
 
     n_show = tk.positive(args.num, "--num")
     k = tk.positive(args.samples, "--samples")
@@ -47,7 +47,7 @@ def run(args) -> int:
     shape = r.dataset.image_shape
     observed = missing_mask(x.shape[0], shape, args.missing, seed=args.seed).to(device)
     train_mean = r.dataset.train.mean(0).to(device)
-    res = impute_importance(r.model, r.guide, x, observed, k, fill=train_mean)
+    res = impute(r.model, r.guide, x, observed, k, fill=train_mean)
     miss = ~observed
     vae_err = float(((res.mean - x) ** 2)[miss].mean())
     base_fill = torch.where(observed, x, train_mean)
@@ -66,7 +66,7 @@ def run(args) -> int:
     shown_obs = torch.where(observed[:m], x[:m], torch.full_like(x[:m], 0.5))
     draws = [res.samples[:m]]
     for _ in range(2):
-        draws.append(impute_importance(r.model, r.guide, x[:m], observed[:m], k,
+        draws.append(impute(r.model, r.guide, x[:m], observed[:m], k,
                                        fill=train_mean).samples)
     rows = [x[:m], shown_obs, res.mean[:m], *draws, base_fill[:m]]
     labels = ["data", "observed", "E[x_miss|x_obs]", "draw 1", "draw 2", "draw 3", "mean fill"]

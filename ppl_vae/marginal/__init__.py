@@ -47,8 +47,12 @@ The *data plate* is assumed to be the rightmost batch dimension (``data_dim=-1``
 The K samples are drawn in one vectorized call through an extra ``pyro.plate`` at dimension
 ``-(max_plate_nesting + 1)``, left of all the model's plates, so the model must broadcast over
 extra leading batch dimensions (the usual requirement of ``vectorize_particles=True`` in Pyro).
-``max_plate_nesting`` is read from a probe trace unless given. Every latent site must be inside
-the data plate (one latent set per data point): a global latent makes log p(x_n) non-separable.
+``max_plate_nesting`` is read from a probe trace unless given. The data plate may have a size
+or none (``pyro.plate("data")``). Every latent site must be inside the data plate (one latent
+set per data point): a global latent makes log p(x_n) non-separable, and
+:func:`model_evidence` estimates log p(X) of the whole data set instead. A pair that runs only
+on all of ``x`` at once (a guide with one parameter per data point, a fixed-size data plate) is
+detected by the probe and called on all of ``x``.
 Each site's ``log_prob`` includes the site's scale and mask (Pyro semantics), so call the model
 without minibatch rescaling (no ``num_data``).
 
@@ -57,14 +61,15 @@ Random streams: by default the samples come from the global RNG (``pyro.set_rng_
 alone: the points are processed in blocks of consecutive global indices, each block seeded from
 (S, block) and padded at the ends of ``x`` (:func:`~ppl_vae.marginal.common.run_weights`), so a
 point's estimate is the same whatever the batch size and however the points are split across
-workers (``ppl-vae evaluate`` always passes ``--seed``). AIS with a seed runs one point at a time.
+workers (``ppl-vae evaluate`` always passes ``--seed``); AIS with a seed runs blocks of at most
+64 points (:func:`~ppl_vae.marginal.common.point_block`).
 
 Memory and precision: the work is split into chunks of ``batch_size`` data points times
 ``particle_chunk`` samples, so peak memory depends on the chunk sizes, not on N or K; the
 defaults keep each chunk near 2**25 floats per tensor for importance sampling (2**22 for AIS,
 which also keeps an autograd graph). Each point's K log weights are kept in float64 and combined
-with log-sum-exp. Model and guide are called as ``model(x_chunk)`` / ``guide(x_chunk)``, so they
-must accept any number of data points (amortized guides do); pass ``batch_size >= N`` otherwise.
+with log-sum-exp. Model and guide are called as ``model(x_chunk)`` / ``guide(x_chunk)`` on chunks of
+points, except for the whole-data pairs above.
 All of this runs under ``torch.no_grad()`` except AIS's gradients with respect to z.
 """
 
@@ -72,6 +77,7 @@ from dataclasses import replace
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.marginal.ais import annealed_importance_sampling
+from ppl_vae.marginal.evidence import model_evidence
 from ppl_vae.marginal.importance import importance_sampling, naive_monte_carlo
 from ppl_vae.marginal.result import MarginalLikelihoodResult
 
@@ -81,6 +87,7 @@ __all__ = [
     "annealed_importance_sampling",
     "estimate_log_likelihood",
     "importance_sampling",
+    "model_evidence",
     "naive_monte_carlo",
 ]
 

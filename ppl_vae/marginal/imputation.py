@@ -44,7 +44,7 @@ from ppl_vae.marginal.common import positive_int, probe
 from ppl_vae.poutine.trace import site_mean
 
 __all__ = ["missing_mask", "observed_only", "MaskObservations", "ImputationResult",
-           "impute_importance"]
+           "impute"]
 
 _BUDGET = 2**24
 
@@ -118,7 +118,7 @@ class ImputationResult:
 
 
 @torch.no_grad()
-def impute_importance(model, guide, x: torch.Tensor, observed: torch.Tensor,
+def impute(model, guide, x: torch.Tensor, observed: torch.Tensor,
                       num_samples: int = 1000, fill: torch.Tensor | float = 0.5,
                       obs_site: str = "x", batch_size: int | None = None) -> ImputationResult:
     """Impute the pixels of ``x`` where ``observed`` is False (see the module docstring).

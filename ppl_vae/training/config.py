@@ -133,14 +133,14 @@ class TrainConfig:
         self._check_optimizer()
 
     def _check_optimizer(self) -> None:
-        from ppl_vae.training.schedules import SCHEDULES, check_schedule
+        from ppl_vae.training.schedules import LR_SCHEDULES, check_schedule
 
         if int(self.patience) < 0:
             raise ConfigError(f"patience must be >= 0, got {self.patience}")
         self.patience = int(self.patience)
-        if self.schedule not in SCHEDULES:
+        if self.schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of "
-                              f"{', '.join(SCHEDULES)}")
+                              f"{', '.join(LR_SCHEDULES)}")
         check_schedule(self.schedule, self.epochs)
         if not float(self.adam_eps) > 0:
             raise ConfigError(f"adam_eps must be > 0, got {self.adam_eps}")

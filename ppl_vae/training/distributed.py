@@ -35,7 +35,7 @@ from ppl_vae.errors import ConfigError, DistributedError, PplVaeError
 
 __all__ = [
     "GradientSync", "add_arguments", "barrier", "broadcast_modules", "collective",
-    "estimate_log_likelihood", "failure_test_hook", "from_rank0", "gather", "is_main", "launch",
+    "sharded_log_likelihood", "failure_test_hook", "from_rank0", "gather", "is_main", "launch",
     "launched_by_torchrun", "my_items", "process_group", "rank", "run_command", "shard_bounds",
     "sync_averages", "world_size",
 ]
@@ -209,7 +209,7 @@ def my_items(items) -> list:
 # ------------------------------------------------------------------------------------------
 # sharded evaluation
 # ------------------------------------------------------------------------------------------
-def estimate_log_likelihood(model, guide, x, estimator: str, num_samples: int, *, seed: int,
+def sharded_log_likelihood(model, guide, x, estimator: str, num_samples: int, *, seed: int,
                             align: int = 1, **options):
     """:func:`ppl_vae.marginal.estimate_log_likelihood` on this rank's contiguous shard of
     ``x`` (boundaries at multiples of ``align``, e.g. the chunk size), with point i's randomness

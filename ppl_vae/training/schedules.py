@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from ppl_vae.errors import ConfigError
 
-__all__ = ["SCHEDULES", "BURDA_STAGES", "BURDA_EPOCHS", "burda_stages", "learning_rate",
+__all__ = ["LR_SCHEDULES", "BURDA_STAGES", "BURDA_EPOCHS", "burda_stages", "learning_rate",
            "check_schedule"]
 
-SCHEDULES = ("constant", "burda")
+LR_SCHEDULES = ("constant", "burda")
 BURDA_STAGES = 8
 BURDA_EPOCHS = sum(3**i for i in range(BURDA_STAGES))  # 3280
 
@@ -41,7 +41,7 @@ def learning_rate(schedule: str, epoch: int, lr: float) -> float:
                 return stage_lr
         raise ConfigError(f"epoch {epoch + 1} is past the end of the burda schedule "
                           f"({BURDA_EPOCHS} epochs)")
-    raise ConfigError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    raise ConfigError(f"unknown schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
 
 
 def check_schedule(schedule: str, epochs: int) -> None:

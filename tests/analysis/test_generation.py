@@ -40,7 +40,7 @@ def test_imputation_keeps_observed_pixels_and_beats_the_constant_guess(trained, 
     mask = torch.ones_like(x, dtype=torch.bool)
     mask[:, 32:] = False  # bottom half of each 8x8 digit missing
     torch.manual_seed(0)
-    filled = ppl_vae.impute(trained.model, trained.guide, x, mask, iterations=10)
+    filled = ppl_vae.impute_pseudo_gibbs(trained.model, trained.guide, x, mask, iterations=10)
     assert torch.equal(filled[mask], x[mask])
     err = ((filled - x) ** 2)[~mask].mean()
     baseline = ((0.5 - x) ** 2)[~mask].mean()

@@ -27,7 +27,7 @@ from ppl_vae.analysis.generation import (
     traverse,
 )
 from ppl_vae.errors import ConfigError, DataError
-from ppl_vae.marginal.imputation import MaskObservations, impute_importance, missing_mask
+from ppl_vae.marginal.imputation import MaskObservations, impute, missing_mask
 from ppl_vae.poutine.handlers import Temperature, tempered
 from ppl_vae.poutine.plates import data_plate
 
@@ -232,7 +232,7 @@ def test_importance_imputation_matches_the_gaussian_conditional():
     # coordinates): every weight is p(x_obs), and p(x_miss | x_obs) = E[p(x_miss | z)]
     lg_obs = LinearGaussian(lg.w[obs], lg.b[obs], lg.s)
     torch.manual_seed(1)
-    res = impute_importance(lg.model, lambda xf: lg_obs.exact_guide(xf[:, obs]), x, obs,
+    res = impute(lg.model, lambda xf: lg_obs.exact_guide(xf[:, obs]), x, obs,
                             num_samples=40000, fill=torch.zeros(5, dtype=torch.float64))
     mvn = lg.marginal()
     cov, mu = mvn.covariance_matrix, mvn.loc
@@ -255,7 +255,7 @@ def test_importance_imputation_matches_the_gaussian_conditional():
             pyro.sample("z", dist.Normal(torch.zeros(2, dtype=xf.dtype), 1.5).to_event(1))
 
     torch.manual_seed(2)
-    res2 = impute_importance(lg.model, wide, x, obs, num_samples=40000, fill=0.0)
+    res2 = impute(lg.model, wide, x, obs, num_samples=40000, fill=0.0)
     assert torch.allclose(res2.log_likelihood, res.log_likelihood, atol=0.08)
     # the observed-only density through the generic handler and ppl_vae's IS estimator
     is_obs = ppl_vae.importance_sampling(MaskObservations(obs)(lg.model), wide, x, 40000)
@@ -267,14 +267,14 @@ def test_imputation_beats_mean_filling_on_held_out_digits(trained, digits, xtest
     obs = missing_mask(x.shape[0], (8, 8), "bottom-half")
     mean = digits.train.mean(0)
     torch.manual_seed(0)
-    res = impute_importance(trained.model, trained.guide, x, obs, num_samples=300, fill=mean)
+    res = impute(trained.model, trained.guide, x, obs, num_samples=300, fill=mean)
     miss = ~obs
     vae = ((res.mean - x) ** 2)[miss].mean()
     base = ((mean.expand_as(x) - x) ** 2)[miss].mean()
     assert vae < 0.95 * base, (vae, base)
     assert res.samples.shape == x.shape and set(res.samples[miss].unique().tolist()) <= {0.0, 1.0}
     torch.manual_seed(0)
-    again = impute_importance(trained.model, trained.guide, x, obs, num_samples=300, fill=mean)
+    again = impute(trained.model, trained.guide, x, obs, num_samples=300, fill=mean)
     assert torch.equal(again.samples, res.samples)
     assert (res.log_likelihood < 0).all() and (res.ess >= 1).all() and (res.ess <= 300).all()
 
