@@ -21,7 +21,7 @@ the script
    compare_estimators`): ELBO on the evaluation set vs steps and vs seconds, final IS
    log-likelihood with K = ``--is-samples``.
 
-Writes under ``--out`` (default ``benchmarks/results/gradient_estimators``), per
+Writes under ``--out`` (default ``$TMPDIR/ppl_vae_benchmarks/gradient_estimators``), per
 ``<data>-<model>/``: ``checkpoint_gradients.csv``, ``results.csv`` (tidy convergence table),
 ``summary.csv``, ``variance.png``, ``elbo_vs_steps.png``, ``elbo_vs_seconds.png``; and at the top
 ``results.csv`` (all checkpoint statistics and summaries, with data/model columns) and
@@ -33,17 +33,15 @@ Usage::
     python benchmarks/gradient_estimators.py --datasets digits --quick   # a smoke run (a few
     minutes)
 
-Binarized MNIST is read from ``../shared/data/binarized_mnist.npz`` (``--mnist PATH`` to
-override). Timings are only comparable within one run on an otherwise idle machine.
+Binarized MNIST is found as ``ppl_vae.io.data`` finds it (``$PPL_VAE_BINARIZED_MNIST``, then
+``../shared/data/binarized_mnist.npz``; ``--mnist PATH`` to override). Timings are only
+comparable within one run on an otherwise idle machine.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
-import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -51,6 +49,7 @@ from pathlib import Path
 import pandas as pd
 import pyro
 import torch
+from _common import command_line, default_out, markdown_table, missing, mnist_path, parser
 
 import ppl_vae
 from ppl_vae.analysis.estimator_comparison import (
@@ -62,9 +61,6 @@ from ppl_vae.analysis.estimator_comparison import (
 from ppl_vae.analysis.gradient_variance import gradient_statistics, statistics_frame
 from ppl_vae.infer.objectives import comparison_objectives, objective_spec
 from ppl_vae.io.data import binary_splits
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MNIST = ROOT.parent / "shared" / "data" / "binarized_mnist.npz"
 
 # From the registry: every objective of the default comparison that applies to the family.
 ESTIMATORS = {
@@ -141,23 +137,21 @@ def checkpoint_table(frame: pd.DataFrame) -> str:
     cols = ["objective", "total_variance", "variance_encoder", "variance_decoder", "snr_median",
             "cosine_to_reference", "seconds_per_gradient"]
 
-    def fmt(v):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
+    def fmt(v, _column):
+        if missing(v):
             return "n/a"
         return format(v, ".4g") if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in frame.iterrows():
-        lines.append("| " + " | ".join(fmt(row[c]) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(frame, cols, fmt=fmt)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, out=default_out("gradient_estimators"), seed=True,
+               smoke="tiny budget: a smoke run")
     p.add_argument("--datasets", default="digits,binarized-mnist")
     p.add_argument("--models", default="vae,sbn")
-    p.add_argument("--mnist", type=Path, default=Path(os.environ.get("PPL_VAE_BINARIZED_MNIST",
-                                                                     DEFAULT_MNIST)))
+    p.add_argument("--mnist", type=Path, default=None,
+                   help="binarized-MNIST .npz (default: found as ppl_vae.io.data finds it)")
     p.add_argument("--steps", type=int, default=None, help="override the per-data-set budget")
     p.add_argument("--pretrain-steps", type=int, default=None)
     p.add_argument("--draws", type=int, default=None, help="G gradient draws (default 100)")
@@ -166,19 +160,16 @@ def main(argv=None) -> int:
                    help="K for the IS log-likelihood (default 500)")
     p.add_argument("--eval-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="tiny budget: a smoke run")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
-                   "gradient_estimators")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    args.quick = args.smoke
+    args.mnist = args.mnist or mnist_path(required=False)
     defaults = QUICK if args.quick else dict(draws=100, is_samples=500, warmup=None)
     for key in ("draws", "is_samples", "warmup"):
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/gradient_estimators.py " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = command_line("gradient_estimators", sys.argv[1:] if argv is None else argv)
 
     md = [f"# Gradient-estimator benchmark\n\nCommand: `{command.strip()}`\n\n"
           f"ppl_vae {ppl_vae.__version__}, torch {torch.__version__}, "
@@ -187,7 +178,7 @@ def main(argv=None) -> int:
     for data in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         if data not in SETTINGS:
             p.error(f"unknown data set {data!r}; choose from {sorted(SETTINGS)}")
-        if data == "binarized-mnist" and not args.mnist.is_file():
+        if data == "binarized-mnist" and not (args.mnist and args.mnist.is_file()):
             print(f"skipping binarized-mnist: {args.mnist} not found", file=sys.stderr)
             continue
         settings = copy.deepcopy(SETTINGS[data])

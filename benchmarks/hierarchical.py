@@ -26,7 +26,8 @@ Quick check on the embedded digits (seconds)::
 
     python benchmarks/hierarchical.py --data digits --epochs 2 --k 50 --out /tmp/hier
 
-Writes ``OUT/results.csv`` and ``OUT/results.md`` (one row per config) and one run directory per
+Writes ``OUT/results.csv`` and ``OUT/results.md`` (one row per config; ``--out`` defaults to
+``$TMPDIR/ppl_vae_benchmarks/hierarchical``) and one run directory per
 config (``OUT/<config>/``: checkpoint, metrics.csv, active_units.csv, ...). Runs whose checkpoint
 already has the requested epochs are not retrained (``--retrain`` to force), so an interrupted
 benchmark resumes where it stopped.
@@ -34,7 +35,6 @@ benchmark resumes where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -42,6 +42,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from _common import default_out, markdown_table, parser
 
 import ppl_vae  # noqa: F401  (settings, registries)
 from ppl_vae.analysis.active_units import active_units
@@ -62,7 +63,7 @@ COMMON = dict(hidden=(200, 200), activation="tanh", likelihood="bernoulli", batc
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, out=default_out("hierarchical"), seed=True)
     p.add_argument("--data", default="binarized-mnist")
     p.add_argument("--configs", default="1-layer,2-layer",
                    help=f"comma-separated, from {', '.join(CONFIGS)}")
@@ -72,7 +73,6 @@ def parse_args(argv=None):
     p.add_argument("--weight-init", default="burda",
                    help="burda (default; Burda et al.'s initialisation) or torch (PyTorch's)")
     p.add_argument("--particles", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=5000, help="importance samples per test point")
     p.add_argument("--test-points", type=int, default=None,
                    help="evaluate on the first N test points only (default: all)")
@@ -80,7 +80,6 @@ def parse_args(argv=None):
                    help="data points per IS chunk (default: ppl_vae.marginal's choice)")
     p.add_argument("--au-samples", type=int, default=100,
                    help="Monte Carlo samples for E_q[z_l|x] of upper layers (active units)")
-    p.add_argument("--out", default="runs/hierarchical")
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -109,7 +108,7 @@ def _trained(run_dir: Path, config: dict, dataset, args):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = Path(args.out)
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(args.data, likelihood="bernoulli")
     names = [c for c in args.configs.split(",") if c]
@@ -163,22 +162,23 @@ def main(argv=None) -> int:
 
     df = pd.DataFrame(rows)
     df.to_csv(out / "results.csv", index=False)
-    (out / "results.md").write_text(markdown_table(df, args.data))
-    print(markdown_table(df, args.data))
+    table = results_table(df, args.data)
+    (out / "results.md").write_text(table)
+    print(table)
     return 0
 
 
-def markdown_table(df: pd.DataFrame, data: str) -> str:
-    lines = [f"Test split of {data}; log p(x) by importance sampling with the guide as proposal "
-             "(nats per point; ± is the standard error over test points).", "",
-             "| model | latent dims | guide | epochs | K | test points | test log p(x) | "
-             "test ELBO | active units | train (min) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in df.itertuples():
-        lines.append(f"| {r.config} | {r.latent_dims} | {r.guide} | {r.epochs} | {r.k} | "
-                     f"{r.test_points} | {r.test_log_likelihood:.2f} ± {r.test_ll_stderr:.2f} | "
-                     f"{r.test_elbo:.2f} | {r.active_units} | {r.train_seconds / 60:.1f} |")
-    return "\n".join(lines) + "\n"
+def results_table(df: pd.DataFrame, data: str) -> str:
+    table = df.assign(
+        ll=[f"{m:.2f} ± {s:.2f}" for m, s in zip(df.test_log_likelihood, df.test_ll_stderr)],
+        elbo=[f"{v:.2f}" for v in df.test_elbo],
+        train_min=[f"{v / 60:.1f}" for v in df.train_seconds])
+    columns = {"config": "model", "latent_dims": "latent dims", "guide": "guide",
+               "epochs": "epochs", "k": "K", "test_points": "test points", "ll": "test log p(x)",
+               "elbo": "test ELBO", "active_units": "active units", "train_min": "train (min)"}
+    return (f"Test split of {data}; log p(x) by importance sampling with the guide as proposal "
+            "(nats per point; ± is the standard error over test points).\n\n"
+            + markdown_table(table, list(columns), list(columns.values())))
 
 
 if __name__ == "__main__":

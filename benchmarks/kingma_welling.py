@@ -29,17 +29,17 @@ Writes ``OUT/figure2.csv``, ``OUT/figure2.png``, ``OUT/figure3.csv``, ``OUT/figu
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import pandas as pd
 import pyro
 import torch
+from _common import parser, subset
 
 import ppl_vae  # noqa: F401
 from ppl_vae.infer.mcem import MonteCarloEM
-from ppl_vae.io.data import Dataset, load_dataset
+from ppl_vae.io.data import load_dataset
 from ppl_vae.io.reporting import resolve_device
 from ppl_vae.marginal import naive_monte_carlo
 from ppl_vae.training.builders import build_model_and_guide
@@ -50,7 +50,7 @@ METHODS = {"AEVB": "trace", "wake-sleep": "ws"}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, device=True, seed=True, smoke="2 epochs, tiny sizes (seconds)")
     p.add_argument("--data", default="digits")
     p.add_argument("--likelihood", default="gaussian")
     p.add_argument("--figures", default="2,3")
@@ -62,16 +62,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--test-points", type=int, default=250)
     p.add_argument("--k", type=int, default=1000, help="prior samples per test point (fig. 3)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.add_argument("--smoke", action="store_true", help="2 epochs, tiny sizes (seconds)")
     return p.parse_args(argv)
-
-
-def _subset(ds: Dataset, n_train, n_test: int) -> Dataset:
-    n = ds.train.shape[0] if n_train in (None, "all") else int(n_train)
-    return Dataset(ds.name, ds.train[:n], ds.valid[:n_test], ds.test[:n_test], ds.image_shape)
 
 
 def _config(args, latent: int, hidden: int, objective: str) -> dict:
@@ -82,7 +73,7 @@ def _config(args, latent: int, hidden: int, objective: str) -> dict:
 
 def _svi_curve(args, ds, latent, hidden, method, score) -> list[dict]:
     """Train one epoch at a time (exact resume) and score after each epoch."""
-    rows, run_dir = [], Path(args.out) / "runs" / f"{method}-{latent}-{hidden}-{len(ds.train)}"
+    rows, run_dir = [], args.out / "runs" / f"{method}-{latent}-{hidden}-{len(ds.train)}"
     cfg = _config(args, latent, hidden, METHODS[method])
     pyro.clear_param_store()
     for epoch in range(1, args.epochs + 1):
@@ -169,14 +160,14 @@ def main(argv=None) -> int:
         if args.train_sizes == "1000,all":
             args.train_sizes = "100,200"
     args.device = resolve_device(args.device)
-    out = Path(args.out)
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(args.data, likelihood={"name": args.likelihood})
     figures = {f.strip() for f in args.figures.split(",")}
     if "2" in figures:
         rows = []
         for latent in [int(v) for v in args.latent_dims.split(",")]:
-            sub = _subset(ds, None, args.test_points)
+            sub = subset(ds, None, args.test_points)
             for method in METHODS:
                 rows += _svi_curve(args, sub, latent, args.hidden, method, _elbos)
         df = pd.DataFrame(rows)
@@ -186,7 +177,7 @@ def main(argv=None) -> int:
     if "3" in figures:
         rows, hidden3 = [], (16 if args.smoke else 100)
         for size in args.train_sizes.split(","):
-            sub = _subset(ds, size, args.test_points)
+            sub = subset(ds, size, args.test_points)
             for method in METHODS:
                 rows += _svi_curve(args, sub, 3, hidden3, method, _log_px(args))
             rows += _mcem_curve(args, sub, 3, hidden3)

@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from _common import markdown_table, missing, parser
 
 COLUMNS = [
     ("estimator", "estimator"), ("num_samples", "K"), ("n", "n"),
@@ -62,7 +63,7 @@ def _ints(text: str) -> list[int]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, out=None, device=True, seed=True)
     p.add_argument("--run", required=True, help="run directory written by `ppl-vae train`")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=None, help="first N points (default: all)")
@@ -76,8 +77,6 @@ def parse_args(argv=None):
     p.add_argument("--ais-init", choices=("guide", "prior"), default="guide")
     p.add_argument("--ais-limit", type=int, default=500,
                    help="AIS on the first N points only (default 500; 0 = skip AIS)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None,
                    help="CSV path (default RUN/marginal_likelihood_table.csv)")
     p.add_argument("--md", default=None, help="markdown path (default: the CSV path with .md)")
@@ -103,7 +102,7 @@ def commands(args) -> list[list[str]]:
 
 
 def _fmt(value, column: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    if missing(value) or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if isinstance(value, str):
         return value
@@ -119,16 +118,8 @@ def _fmt(value, column: str) -> str:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |",
-             "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    for _, row in df.iterrows():
-        cells = []
-        for col, _ in COLUMNS:
-            v = row.get(col)
-            v = None if v is None or (isinstance(v, float) and math.isnan(v)) else v
-            cells.append(_fmt(v, col))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+    df = df.reindex(columns=[c for c, _ in COLUMNS] + ["command"])  # a column absent: "–"
+    lines = [markdown_table(df, [c for c, _ in COLUMNS], [h for _, h in COLUMNS], _fmt)]
     lines.append("Commands (one per row, in order):")
     lines.append("")
     lines.append("```")

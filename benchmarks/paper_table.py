@@ -13,23 +13,23 @@ sampling with the guide as proposal, K = 5000 on the full test set (``--k``,
 
 Writes ``OUT/paper_table.csv``, ``OUT/nll_vs_epoch.png`` (the validation -ELBO per epoch, an
 upper bound on the NLL, with the final IS NLL as a marker; copied beside the doc as
-``figures/<doc name>_nll_vs_epoch.png``) and the markdown table ``--doc``
-(default ``docs/paper_table.md``) with the published numbers beside ours, the goals and, for rows
-that miss theirs, the projected epochs to the goal. Every training lives in ``OUT/<row>/`` (a
-normal run directory: ``ppl-vae evaluate --run OUT/<row>`` works on it) and is resumed where it
-stopped: rerun the same command after an interruption.
+``figures/<doc name>_nll_vs_epoch.png``) and the markdown table ``--doc`` (default
+``OUT/paper_table.md``; into ``docs/`` only when asked: ``--doc docs/paper_table_cpu.md``) with
+the published numbers beside ours, the goals and, for rows that miss theirs, the projected epochs
+to the goal. Nothing is written outside ``OUT`` and ``--doc``'s folder. Every training lives in
+``OUT/<row>/`` (a normal run directory: ``ppl-vae evaluate --run OUT/<row>`` works on it) and is
+resumed where it stopped: rerun the same command after an interruption.
 
     # the full table (GPU; days of compute for all rows at 3280 epochs)
     python benchmarks/paper_table.py --device cuda --out /data/paper --epochs 3280 --patience 100
     # one row
     python benchmarks/paper_table.py --rows vae-1l --epochs 200 --out /tmp/paper
-    # the smoke test (embedded digits, tiny nets, seconds)
-    python benchmarks/paper_table.py --smoke --out /tmp/paper-smoke --doc /tmp/paper-smoke/t.md
+    # the smoke test (embedded digits, tiny nets, seconds): /tmp/paper-smoke/paper_table.md
+    python benchmarks/paper_table.py --smoke --out /tmp/paper-smoke
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -40,12 +40,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from _common import command_line, markdown_table, parser, set_threads, write_text
 
 import ppl_vae  # noqa: F401
 from ppl_vae.analysis.active_units import active_units
 from ppl_vae.errors import CheckpointError
 from ppl_vae.io.checkpoint import atomic_write_bytes
-from ppl_vae.io.reporting import markdown_table, resolve_device
+from ppl_vae.io.reporting import resolve_device
 from ppl_vae.marginal import importance_sampling
 from ppl_vae.training.loop import train
 from ppl_vae.training.runs import load_run
@@ -66,7 +67,9 @@ GOALS = {"vae-1l": 89.5, "iwae-5-1l": 87.63, "iwae-50-1l": 87.10}  # vae-2l: vae
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, out_help="run directory root (outside the repo)", threads=True,
+               device=True, seed=True,
+               smoke="digits, tiny nets, 2 epochs, K=20 on 50 test points (seconds)")
     p.add_argument("--data", default="binarized-mnist")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated from {ROWS}")
     p.add_argument("--epochs", type=int, default=3280, help="cap on the burda schedule")
@@ -79,7 +82,6 @@ def parse_args(argv=None):
                    help="burda (default: their code's initialisation) or torch (TrainConfig)")
     p.add_argument("--batch-size", type=int, default=COMMON["batch_size"],
                    help="minibatch size (Burda et al.: 20)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--train-only", action="store_true",
                    help="train (or resume) the rows and stop: several such processes can train "
                         "rows side by side; a later run without it evaluates and tabulates")
@@ -90,12 +92,9 @@ def parse_args(argv=None):
     p.add_argument("--row-k", action="append", default=[], metavar="ROW=K",
                    help="IS samples for one row (repeatable), e.g. iwae-5-1l=1000")
     p.add_argument("--test-points", type=int, default=None, help="default: the full test set")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="run directory root (outside the repo)")
-    p.add_argument("--doc", default="docs/paper_table.md")
-    p.add_argument("--smoke", action="store_true",
-                   help="digits, tiny nets, 2 epochs, K=20 on 50 test points (seconds)")
+    p.add_argument("--doc", type=Path, default=None,
+                   help="the markdown table (default OUT/paper_table.md; e.g. "
+                        "docs/paper_table.md to regenerate the repository's copy)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -233,9 +232,8 @@ def write_doc(df: pd.DataFrame, args, path: Path, figure: Path) -> None:
              "epochs at which the extrapolated curve reaches the goal (log-linear fit of the "
              "last half of the validation -ELBO, shifted by the final ELBO-IS gap).", "",
              markdown_table(df[cols]), f"![NLL vs epoch]({figure.relative_to(path.parent)})",
-             "", f"Command: `python benchmarks/paper_table.py {' '.join(args.argv)}`", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+             "", f"Command: `{command_line('paper_table', args.argv)}`", ""]
+    write_text(path, "\n".join(lines))
 
 
 def main(argv=None) -> int:
@@ -245,9 +243,8 @@ def main(argv=None) -> int:
         args.data, args.epochs, args.k, args.test_points = "digits", 2, 20, 50
         args.row_k = {r: min(k, args.k) for r, k in args.row_k.items()}
     device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    set_threads(args.threads)
+    out = args.out
     rows = [r for r in args.rows.split(",") if r]
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
@@ -272,7 +269,7 @@ def main(argv=None) -> int:
     df = add_goals(pd.DataFrame(results), runs, smoke=args.smoke)
     df.to_csv(out / "paper_table.csv", index=False)
     plot(runs, df, out / "nll_vs_epoch.png")
-    doc = Path(args.doc)
+    doc = args.doc or out / "paper_table.md"
     figure = doc.parent / "figures" / f"{doc.stem}_nll_vs_epoch.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / "nll_vs_epoch.png", figure)

@@ -27,18 +27,17 @@ configs are skipped on a re-run (their rows are read back), so the sweep is resu
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+from _common import default_out, markdown_table, parser, set_threads, subset
 
 import ppl_vae  # noqa: F401
 from ppl_vae.analysis.active_units import active_units
 from ppl_vae.io.data import Dataset, load_dataset
-from ppl_vae.io.reporting import markdown_table
 from ppl_vae.marginal import importance_sampling
 from ppl_vae.training.loop import train
 
@@ -66,12 +65,6 @@ CONFIGS = {
     "1L-pixel-bias": dict(latent_dims=(50,), weight_init="pixel-bias"),
     "2L-td-pixel-bias": dict(guide="top-down", weight_init="pixel-bias"),
 }
-
-
-def subset(spec: str, n_train: int, n_eval: int) -> Dataset:
-    ds = load_dataset(spec, likelihood="bernoulli")
-    return Dataset(f"{ds.name}[:{n_train}]", ds.train[:n_train], ds.valid[:n_eval],
-                   ds.test[:n_eval], ds.image_shape)
 
 
 def run_config(name: str, ds: Dataset, args, out: Path) -> list[dict]:
@@ -112,27 +105,24 @@ def _key_value(text: str) -> tuple[str, object]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, out=default_out("two_layer_collapse"), threads=True, device=True,
+               seed=True)
     p.add_argument("--data", default="binarized-mnist")
     p.add_argument("--train-points", type=int, default=20000)
     p.add_argument("--eval-points", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--k", type=int, default=1000, help="IS samples per test point")
     p.add_argument("--configs", default=",".join(CONFIGS))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="/tmp/two_layer_collapse")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a TrainConfig field in every config, e.g. batch_size=20 "
                         "(VALUE is read as JSON when it parses, else as a string)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     args.set = dict(_key_value(kv) for kv in args.set)
-    out = Path(args.out)
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    ds = subset(args.data, args.train_points, args.eval_points)
+    full = load_dataset(args.data, likelihood="bernoulli")
+    ds = subset(full, args.train_points, args.eval_points, f"{full.name}[:{args.train_points}]")
     traj_path = out / "trajectory.csv"
     old = pd.read_csv(traj_path) if traj_path.is_file() else pd.DataFrame(columns=["config"])
     for name in [c for c in args.configs.split(",") if c]:
