@@ -250,10 +250,14 @@ def _check_options(guide, num_samples, num_steps, init, schedule, num_leapfrog, 
             optional_positive_int(particle_chunk, "particle_chunk"))
 
 
-def _ais_blocks(n, batch_size, particle_chunk, seed, index_offset):
+def _ais_blocks(n, batch_size, particle_chunk, seed, index_offset, whole_data=False):
     """Chunks of points: plain chunks of ``batch_size``, or with a seed the padded blocks of
     global indices of :func:`~ppl_vae.marginal.common.point_blocks` (per-point results
-    independent of the chunking and of the split across workers)."""
+    independent of the chunking and of the split across workers); all points at once for a
+    pair that runs only on the whole data (block index ``-1 - index_offset``)."""
+    if whole_data:
+        yield -1 - index_offset, torch.arange(n), torch.ones(n, dtype=torch.bool)
+        return
     if seed is not None:
         yield from point_blocks(n, index_offset, point_block(particle_chunk))
         return
@@ -316,6 +320,7 @@ def annealed_importance_sampling(
     return_log_weights: bool = False,
     seed: int | None = None,
     index_offset: int = 0,
+    whole_data: bool | None = None,
 ) -> MarginalLikelihoodResult:
     r"""Annealed importance sampling (Neal 2001) with HMC, per data point; ``num_samples`` chains.
 
@@ -360,7 +365,7 @@ def annealed_importance_sampling(
     betas = None if isinstance(schedule, str) else _schedule(schedule, t_steps)
     x = check_data(x)
     layout = probe(model, guide, x, max_plate_nesting=max_plate_nesting, data_dim=data_dim,
-                    use_guide=init == "guide")
+                    use_guide=init == "guide", whole_data=whole_data)
     if betas is None:
         betas = _schedule(schedule, t_steps)
     t_steps = betas.numel() - 1
@@ -371,7 +376,8 @@ def annealed_importance_sampling(
     stats, kept, acc_rates, step_sizes = [], ([] if return_log_weights else None), [], []
     with progress_bar(progress, n * c * t_steps, "ais", "step") as bar, \
             kept_rng_state(x.device):
-        for j, local, keep in _ais_blocks(n, batch_size, particle_chunk, seed, index_offset):
+        for j, local, keep in _ais_blocks(n, batch_size, particle_chunk, seed, index_offset,
+                                          layout.whole_data):
             xb = x[local.to(x.device)]
             lw = torch.empty(len(local), c, dtype=torch.float64)
             acc_sum = torch.zeros(len(local), dtype=torch.float64)

@@ -150,12 +150,14 @@ def _check_data_plate(mtr, gtr, latent, observed, data_dim, xp) -> None:
                 "dimension of x")
 
 
-def _probe_traces(model, guide, x, use_guide: bool):
+def _probe_traces(model, guide, x, use_guide: bool, whole_data=None):
     """Model and guide traces on the first two points of ``x`` or, where the pair cannot run on
     a part of the data (per-point guide parameters, a fixed-size data plate), on all of it:
     ``(model trace, guide trace or None, whole_data)``."""
     attempts = [(x[:min(2, x.shape[0])], False)]
-    if x.shape[0] > 2:
+    if whole_data:
+        attempts = [(x, True)]
+    elif x.shape[0] > 2 and whole_data is None:
         attempts.append((x, True))
     first = None
     for xp, whole in attempts:
@@ -166,7 +168,7 @@ def _probe_traces(model, guide, x, use_guide: bool):
         except DataError as exc:
             first = first or exc
             continue
-        if not whole or _points_observed(mtr, x.shape[0]):
+        if not whole or whole_data or _points_observed(mtr, x.shape[0]):
             return mtr, gtr, whole, xp
     raise first
 
@@ -181,11 +183,12 @@ def _points_observed(trace, n: int) -> bool:
     return False
 
 
-def probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool) -> Layout:
-    """Trace model (and guide) on one or two data points (all of them where the pair needs it);
-    raise clear errors for bad input."""
+def probe(model, guide, x, *, max_plate_nesting, data_dim, use_guide: bool,
+          whole_data: bool | None = None) -> Layout:
+    """Trace model (and guide) on one or two data points (all of them where the pair needs it,
+    or where ``whole_data`` is True); raise clear errors for bad input."""
     require_density(model, guide if use_guide else None, x[:min(2, x.shape[0])])
-    mtr, gtr, whole, xp = _probe_traces(model, guide, x, use_guide)
+    mtr, gtr, whole, xp = _probe_traces(model, guide, x, use_guide, whole_data)
     observed = list(vocab.observed_sites(mtr))
     latent = list(vocab.latent_sites(mtr))
     if not observed:

@@ -83,9 +83,10 @@ def model_evidence(model, guide, x: torch.Tensor, num_samples: int, estimator: s
         nesting = plate_nesting(poutine.trace(model).get_trace(x))
         if guide is not None:
             nesting = max(nesting, plate_nesting(poutine.trace(guide).get_trace(x)))
-    options.pop("data_dim", None)
-    options.pop("max_plate_nesting", None)
+    for key in ("data_dim", "max_plate_nesting", "whole_data", "batch_size"):
+        options.pop(key, None)
     result = estimate_log_likelihood(
         _whole(model, nesting), _whole(guide, nesting), x.unsqueeze(0), estimator,
-        num_samples, data_dim=-(nesting + 1), max_plate_nesting=nesting + 1, **options)
+        num_samples, data_dim=-(nesting + 1), max_plate_nesting=nesting + 1, whole_data=True,
+        **options)
     return replace(result, estimator=f"{result.estimator}-evidence", num_dims=int(x.numel()))

@@ -36,6 +36,7 @@ def naive_monte_carlo(
     return_log_weights: bool = False,
     seed: int | None = None,
     index_offset: int = 0,
+    whole_data: bool | None = None,
 ) -> MarginalLikelihoodResult:
     r"""Naive Monte Carlo: z_k ~ p(z), log p̂(x) = log (1/K) Σ_k p(x | z_k), per data point.
 
@@ -54,7 +55,7 @@ def naive_monte_carlo(
     particle_chunk = optional_positive_int(particle_chunk, "particle_chunk")
     x = check_data(x)
     layout = probe(model, None, x, max_plate_nesting=max_plate_nesting, data_dim=data_dim,
-                    use_guide=False)
+                    use_guide=False, whole_data=whole_data)
 
     def log_weights(xb, kc):
         lw = importance_log_weights(model, None, (xb,), {}, kc, layout.max_plate_nesting,
@@ -80,6 +81,7 @@ def importance_sampling(
     return_log_weights: bool = False,
     seed: int | None = None,
     index_offset: int = 0,
+    whole_data: bool | None = None,
 ) -> MarginalLikelihoodResult:
     r"""Importance sampling with the guide as proposal: the IWAE bound L_K, per data point.
 
@@ -99,7 +101,7 @@ def importance_sampling(
     if guide is None:
         raise ConfigError("importance_sampling needs a guide (use naive_monte_carlo for the prior)")
     layout = probe(model, guide, x, max_plate_nesting=max_plate_nesting, data_dim=data_dim,
-                    use_guide=True)
+                    use_guide=True, whole_data=whole_data)
 
     def log_weights(xb, kc):
         lw = importance_log_weights(model, guide, (xb,), {}, kc, layout.max_plate_nesting,
