@@ -8,8 +8,8 @@ E_q[grad_phi log q] = 0, and b close to E_q[c] lowers its variance (Williams 199
 2014, "Neural Variational Inference and Learning in Belief Networks", sec. 2.3). Two choices:
 
 * decaying average: b_t = beta b_{t-1} + (1 - beta) c_{t-1} (per data-plate position);
-* neural (input-dependent) baseline b_psi(x), trained jointly by minimising E (c - b_psi(x))^2
-  (Mnih & Gregor 2014).
+* neural (input-dependent) baseline b_psi(x), trained jointly by minimising E (c - b)^2, where
+  b is the whole baseline: the decaying average (if used too) plus b_psi(x) (Mnih & Gregor 2014).
 
 Pyro reads baselines from the guide site's ``infer={"baseline": {...}}``; the
 :class:`BaselineMessenger` writes that dict at every latent guide site, so neither the guide nor
