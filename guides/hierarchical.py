@@ -10,7 +10,7 @@ Both sample every z_l with the reparameterization trick, so ``trace``, ``tracegr
 
 :class:`TopDownGuide` (the ladder VAE's inference model, Sønderby et al. 2016)
     a deterministic bottom-up pass d_1 = f_1(x), d_l = f_l(d_{l-1}) gives "data" Gaussians
-    N(mu^_l, sigma^_l^2) = head_l(d_l); then, top-down,
+    N(mu^_l, sigma^_l^2) = head_l(d_l); then, top-down::
 
         q(z_L | x)             = N(mu^_L, sigma^_L^2)
         q(z_l | z_{l+1}, x)    = N(mu_q, sigma_q^2),   sigma_q^-2 = sigma^_l^-2 + sigma_p^-2,

@@ -8,7 +8,7 @@ affine autoregressive steps z_t = mu_t(z_{t-1}) + sigma_t(z_{t-1}) * z_{t-1}, ea
 coordinate order reversed between steps (a :class:`~pyro.distributions.transforms.Permute`).
 The flow is context-free (its weights do not depend on x; the x-dependence is in z_0), which
 Kingma et al. note already helps; the site's distribution is one
-``TransformedDistribution(Normal(mu, sigma).to_event(1), transforms)``, so
+``TransformedDistribution(Normal(mu, sigma).to_event(1), transforms)``, so::
 
     log q(z_T|x) = log N(z_0; mu, sigma) - sum_t log |det dz_t/dz_{t-1}|,
 

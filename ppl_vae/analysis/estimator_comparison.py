@@ -4,10 +4,9 @@
 :mod:`ppl_vae.training.builders`, e.g. ``vae`` or ``sbn``), keeps its initial weights, and for every
 objective (each defines a gradient estimator)
 
-1. measures the gradient statistics of :mod:`ppl_vae.analysis.gradient_variance` at those common
-initial
-   weights (total variance, SNR, cosine to the reference ``trace``, seconds per gradient) on the
-   first minibatch;
+1. measures the gradient statistics of :mod:`ppl_vae.analysis.gradient_variance` at those
+   common initial weights (total variance, SNR, cosine to the reference ``trace``, seconds per
+   gradient) on the first minibatch;
 2. trains a copy from the same initial weights with :class:`ppl_vae.infer.svi.SVI` (one fused Adam),
    the same seed and the same sequence of minibatches, for ``steps`` steps;
 3. records, every ``eval_every`` steps, the standard ELBO E_q[log p(x,z) - log q(z|x)] per data

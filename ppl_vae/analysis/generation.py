@@ -7,8 +7,8 @@ the Pyro programs under effect handlers — no model-specific decode/encode meth
 * prior samples: trace ``model(None, batch_size=n)`` (optionally under
   :class:`~ppl_vae.poutine.handlers.Temperature`) and read the observed site's distribution;
 * codes: trace ``guide(x)``; "posterior means" run it under
-:class:`~ppl_vae.poutine.handlers.PointLatents`
-  (every latent set to its distribution's mean, in the guide's sampling order);
+  :class:`~ppl_vae.poutine.handlers.PointLatents` (every latent set to its distribution's mean,
+  in the guide's sampling order);
 * decoding: condition the model's latent sites on given values (``poutine.condition``); latent
   sites that are not given (the lower layers of a hierarchical model when only the top is given)
   take the mean of their conditional, so a decoded image is a deterministic function of the code;

@@ -9,8 +9,8 @@ mean m = (1/G) sum_i g^_i and per-coordinate variance v_d = 1/(G-1) sum_i (g^_id
     tr Cov[g^] ~= sum_d v_d, also split into parameter groups: ``decoder`` (the model's
     parameters theta) and ``encoder`` (the guide's parameters phi);
 ``snr_median``
-    the median over coordinates of the signal-to-noise ratio |m_d| / sqrt(v_d) (Rainforth et al.
-    2018, "Tighter Variational Bounds are Not Necessarily Better", eq. (4)), also per group;
+    the median over coordinates of the signal-to-noise ratio ``|m_d| / sqrt(v_d)`` (Rainforth et
+    al. 2018, "Tighter Variational Bounds are Not Necessarily Better", eq. (4)), also per group;
     coordinates with zero mean and zero variance (no gradient at all) are left out;
 ``cosine_to_reference``
     cos(m, m_ref), the angle between this estimator's mean gradient and the reference's (``trace``,
@@ -323,8 +323,7 @@ def gradient_statistics(
         objective's own modules (e.g. the neural baseline saved in a ``score-nn`` run's
         checkpoint) loaded before the warm-up.
     :param options: keyword options for :func:`~ppl_vae.infer.objectives.make_objective`, each
-    passed
-        to the objectives that take it.
+        passed to the objectives that take it.
     :param keep_vectors: also return per-coordinate ``mean`` / ``variance`` arrays per group.
     :returns: ``{name: {"applicable": bool, "total_variance": ..., ...}}`` (see module docs);
         for an objective that does not apply (one whose ELBO cannot infer discrete latents, on a

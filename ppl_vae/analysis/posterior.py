@@ -62,7 +62,7 @@ def _one_point(x) -> torch.Tensor:
 
 @dataclass
 class PosteriorSamples:
-    """``samples[site]``: (chains, draws, *event_shape) NUTS draws of p(z | x) (data dim
+    """``samples[site]``: ``(chains, draws, *event_shape)`` NUTS draws of p(z | x) (data dim
     dropped); ``summary``: ArviZ's table (mean, sd, hdi, mcse, ess_bulk, ess_tail, r_hat) per
     coordinate; ``divergences`` per chain."""
 
@@ -141,7 +141,7 @@ def nuts_posterior(model, x, num_samples: int = 500, warmup: int = 300, chains: 
 
 @torch.no_grad()
 def guide_samples(guide, x, num: int) -> dict:
-    """``num`` draws z ~ q(z | x) for one data point, per site: (num, *event_shape)."""
+    """``num`` draws z ~ q(z | x) for one data point, per site: ``(num, *event_shape)``."""
     x = _one_point(x)
     with particle_plate(int(num), 1):
         tr = poutine.trace(guide).get_trace(x)

@@ -8,8 +8,8 @@ E_q[grad_phi log q] = 0, and b close to E_q[c] lowers its variance (Williams 199
 2014, "Neural Variational Inference and Learning in Belief Networks", sec. 2.3). Two choices:
 
 * decaying average: b_t = beta b_{t-1} + (1 - beta) c_{t-1} (per data-plate position);
-* neural (input-dependent) baseline b_psi(x), trained jointly by minimising E (c - b_psi(x))^2
-  (Mnih & Gregor 2014).
+* neural (input-dependent) baseline b_psi(x), trained jointly by minimising E (c - b)^2, where
+  b is the whole baseline: the decaying average (if used too) plus b_psi(x) (Mnih & Gregor 2014).
 
 Pyro reads baselines from the guide site's ``infer={"baseline": {...}}``; the
 :class:`BaselineMessenger` writes that dict at every latent guide site, so neither the guide nor
@@ -69,12 +69,55 @@ def _data_dim(msg, num_points: int) -> int:
 
 
 class NeuralBaseline(nn.Module):
-    """b_psi(x): an MLP from a data point to a scalar (its expected downstream cost).
+    r"""An input-dependent baseline :math:`b_\psi(x)` for the score-function estimator (NVIL [1]).
 
-    With ``x_dim=None`` the first layer is a :class:`torch.nn.LazyLinear`, sized on the first
-    call; the parameters then exist after the first gradient step (which is when
-    :class:`ppl_vae.infer.svi.SVI` collects the objective's modules). The output layer starts at
-    zero.
+    An MLP (``tanh`` hidden layers) from a data point to a scalar, its predicted downstream cost.
+    Attached to a guide site by :class:`BaselineMessenger` (``network=``), it enters Pyro's
+    :class:`~pyro.infer.TraceGraph_ELBO` surrogate as
+
+    .. math::
+
+        \big(c(z) - b(x)\big)\, \nabla_\phi \log q_\phi(z \mid x), \qquad
+        b(x) = \bar c + s\, b_\psi(x), \qquad
+        \psi \leftarrow \arg\min_\psi\, \big(c(z) - b(x)\big)^2 ,
+
+    where :math:`c(z)` is the site's downstream cost (the terms of :math:`\log p_\theta(x, z) -
+    \log q_\phi(z \mid x)` the site influences), :math:`s` the site's subsampling scale
+    (:math:`N/B`, so that :math:`b_\psi` predicts a per-data-point cost), and :math:`\bar c`
+    the decaying average of :class:`AverageBaselineTraceGraph_ELBO` when one is used as well
+    (0 otherwise). Any :math:`b` that does not depend on :math:`z` leaves the gradient unbiased
+    [2]. The output layer starts at zero, so until it has learned something the baseline is
+    exactly :math:`\bar c`.
+
+    :param x_dim: the number of features of a data point (inputs are flattened), or ``None`` for
+        a :class:`torch.nn.LazyLinear` first layer sized on the first call (its parameters then
+        exist after the first gradient step, which is when :class:`ppl_vae.infer.svi.SVI`
+        collects the objective's modules). Default ``None``.
+    :type x_dim: int or None
+    :param hidden: the hidden layer widths. Default ``(100,)``.
+    :type hidden: sequence of int
+
+    Example::
+
+        import torch
+        from ppl_vae.guides import BernoulliGuide
+        from ppl_vae.infer.objectives import make_objective
+        from ppl_vae.infer.svi import SVI
+        from ppl_vae.models import SigmoidBeliefNetwork
+
+        model, guide = SigmoidBeliefNetwork(20, 4), BernoulliGuide(20, 4)
+        objective = make_objective("score-nn", x_dim=20)  # NeuralBaseline(20) + average
+        svi = SVI(model, guide, objective, lr=1e-3)  # trains the baseline network too
+        loss = svi.step(torch.rand(8, 20).bernoulli())
+        network = objective.modules["baseline"]
+
+    **References**
+
+    [1] A. Mnih, K. Gregor, *Neural Variational Inference and Learning in Belief Networks*,
+    ICML 2014.
+
+    [2] R. J. Williams, *Simple Statistical Gradient-Following Algorithms for Connectionist
+    Reinforcement Learning*, Machine Learning 8, 1992.
     """
 
     def __init__(self, x_dim: int | None = None, hidden: Sequence[int] = (100,)):
@@ -148,13 +191,58 @@ class BaselineMessenger(Messenger):
 
 
 class AverageBaselineTraceGraph_ELBO(TraceGraph_ELBO):
-    """:class:`~pyro.infer.TraceGraph_ELBO` whose decaying-average baselines belong to the instance.
+    r"""Pyro's :class:`~pyro.infer.TraceGraph_ELBO` with decaying-average baselines of its own.
 
-    Around each particle's surrogate computation the instance's running averages are put into the
-    parameter store (where Pyro's ``_construct_baseline`` reads and updates them) and taken out
-    again afterwards, restoring whatever was there before. An average whose shape no longer
-    matches the site (e.g. a different batch size) restarts from zero, as a fresh one does in
-    Pyro.
+    The score-function gradient of a latent guide site :math:`z` with downstream cost
+    :math:`c(z)` (the terms of :math:`\log p_\theta(x, z) - \log q_\phi(z \mid x)` that the site
+    influences, Rao-Blackwellized with the dependency graph as in Pyro), minus a baseline, is
+
+    .. math::
+
+        \big(c(z) - b_t\big)\, \nabla_\phi \log q_\phi(z \mid x), \qquad
+        b_t = \beta\, b_{t-1} + (1 - \beta)\, c_{t-1}, \quad b_1 = 0,
+
+    per data-plate position, with :math:`c_{t-1}` the cost at the previous step. It stays
+    unbiased because :math:`b_t` does not depend on the current :math:`z` and
+    :math:`\mathbb{E}_q[\nabla_\phi \log q_\phi] = 0`; it has lower variance when :math:`b_t` is
+    close to :math:`\mathbb{E}_q[c]` [1, 2]. The sites and :math:`\beta` are chosen by
+    :class:`BaselineMessenger` (or :func:`score_function_guide`) on the guide; this class only
+    keeps the averages :math:`b_t` in its own :attr:`averages` rather than in Pyro's global
+    parameter store (``__baseline_avg_downstream_cost_<site>``), so two objectives or models in
+    one process never share them. Around each particle's surrogate computation the averages are
+    put into the store, where Pyro's ``_construct_baseline`` reads and updates them, and taken
+    out again, restoring whatever was there before. An average whose shape no longer matches the
+    site (a different batch size) restarts from zero, as a fresh one does in Pyro. With
+    :attr:`frozen` set the averages are used but not updated. The loss value is
+    :class:`~pyro.infer.TraceGraph_ELBO`'s.
+
+    :param int num_particles: samples per data point, averaged. Default 1.
+    :param max_plate_nesting: bound on the number of nested :func:`pyro.plate` contexts.
+        Default infinity: Pyro finds it from a first trace.
+    :param bool vectorize_particles: draw the samples in one vectorized pass. Default False.
+    :param kwargs: the other keyword arguments of :class:`pyro.infer.TraceGraph_ELBO`.
+
+    Example::
+
+        import pyro, torch
+        from ppl_vae.guides import BernoulliGuide
+        from ppl_vae.infer import AverageBaselineTraceGraph_ELBO, score_function_guide
+        from ppl_vae.models import SigmoidBeliefNetwork
+
+        model, guide = SigmoidBeliefNetwork(20, 4), BernoulliGuide(20, 4)
+        elbo = AverageBaselineTraceGraph_ELBO()
+        with_baseline = score_function_guide(average_beta=0.9)(guide)
+        svi = pyro.infer.SVI(model, with_baseline, pyro.optim.Adam({"lr": 1e-3}), elbo)
+        loss = svi.step(torch.rand(8, 20).bernoulli())
+        assert set(elbo.averages) == {"z"}  # the running average, kept by the instance
+
+    **References**
+
+    [1] R. J. Williams, *Simple Statistical Gradient-Following Algorithms for Connectionist
+    Reinforcement Learning*, Machine Learning 8, 1992.
+
+    [2] A. Mnih, K. Gregor, *Neural Variational Inference and Learning in Belief Networks*,
+    ICML 2014.
     """
 
     def __init__(self, *args, **kwargs):

@@ -50,9 +50,62 @@ __all__ = ["DReG_ELBO"]
 
 
 class DReG_ELBO(IWAE_ELBO):
-    """IWAE bound (alpha = 0) with the doubly-reparameterized guide gradient.
+    r"""The importance-weighted bound with the doubly-reparameterized gradient of Tucker et al. [1].
 
-    ``loss`` / ``loss_and_grads`` return -L_K (an estimate) as a float.
+    The objective is that of :class:`~ppl_vae.infer.iwae_elbo.IWAE_ELBO`: :math:`K` samples
+    :math:`z_k = g_\phi(\epsilon_k, x) \sim q_\phi(z \mid x)`, weights
+    :math:`w_k = p_\theta(x, z_k) / q_\phi(z_k \mid x)`, self-normalized
+    :math:`\tilde w_k = w_k / \sum_j w_j`, and the bound
+    :math:`\mathcal{L}_K = \mathbb{E}[\log \frac{1}{K} \sum_k w_k]`, whose value ``loss`` and
+    ``loss_and_grads`` return (negated, with the same minibatch scale :math:`N/B`). The
+    gradient estimate is (reference [1], eq. (6))
+
+    .. math::
+
+        \widehat{\nabla_\phi \mathcal{L}_K} = \sum_{k=1}^K \tilde w_k^{\,2}\,
+            \frac{\partial \log w_k}{\partial z_k} \frac{\partial z_k}{\partial \phi},
+        \qquad
+        \widehat{\nabla_\theta \mathcal{L}_K} = \sum_{k=1}^K \tilde w_k\,
+            \nabla_\theta \log w_k,
+
+    where :math:`\partial \log w_k / \partial z_k` is taken with :math:`\phi` held fixed inside
+    :math:`\log q_\phi` (a path derivative). Both are unbiased. The guide gradient of
+    :class:`~ppl_vae.infer.iwae_elbo.IWAE_ELBO` has a signal-to-noise ratio that *falls* like
+    :math:`K^{-1/2}` [2]; this one's does not. For :math:`K = 1`, :math:`\tilde w_1 = 1` and the
+    estimator is that of :class:`~ppl_vae.infer.stl_elbo.STL_ELBO` [3]. Every latent guide site
+    must be reparameterizable and lie in the plates of the log-weights (local to the data
+    plate); see the module docstring for how the estimator is built on Pyro's traces.
+
+    :param int num_particles: :math:`K`, the number of samples per data point. Default 2.
+    :param max_plate_nesting: bound on the number of nested :func:`pyro.plate` contexts.
+        Default infinity: Pyro finds it from a first trace.
+    :param bool vectorize_particles: draw the :math:`K` samples in one vectorized pass instead
+        of a Python loop. Default False.
+    :param bool strict_enumeration_warning: as in :class:`pyro.infer.ELBO`.
+
+    Example::
+
+        import pyro, torch
+        from ppl_vae.guides import DiagonalNormalGuide
+        from ppl_vae.infer import DReG_ELBO
+        from ppl_vae.models import VAEModel
+
+        model = VAEModel(x_dim=20, latent_dim=2, hidden=(16,))
+        guide = DiagonalNormalGuide(x_dim=20, latent_dim=2, hidden=(16,))
+        elbo = DReG_ELBO(num_particles=5, vectorize_particles=True)
+        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
+        loss = svi.step(torch.rand(8, 20).bernoulli(), num_data=100)
+
+    **References**
+
+    [1] G. Tucker, D. Lawson, S. Gu, C. J. Maddison, *Doubly Reparameterized Gradient
+    Estimators for Monte Carlo Objectives*, ICLR 2019 (arXiv:1810.04152, 2018).
+
+    [2] T. Rainforth, A. R. Kosiorek, T. A. Le, C. J. Maddison, M. Igl, F. Wood, Y. W. Teh,
+    *Tighter Variational Bounds are Not Necessarily Better*, ICML 2018.
+
+    [3] G. Roeder, Y. Wu, D. Duvenaud, *Sticking the Landing: Simple, Lower-Variance Gradient
+    Estimators for Variational Inference*, NeurIPS 2017.
     """
 
     # ``_get_trace`` is the per-particle extension point of Pyro's ELBO classes. This one follows

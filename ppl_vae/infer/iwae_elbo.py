@@ -35,7 +35,61 @@ __all__ = ["IWAE_ELBO"]
 
 
 class IWAE_ELBO(RenyiELBO):
-    """-L_K as the loss, K = ``num_particles``; reparameterized gradient."""
+    r"""The importance-weighted bound of Burda et al. [1], minibatch-correct.
+
+    This is :class:`pyro.infer.RenyiELBO` at :math:`\alpha = 0` (Pyro's own IWAE bound) with
+    the minibatch scale moved outside the log-mean-exp. With :math:`K` = ``num_particles``
+    reparameterized samples :math:`z_k = g_\phi(\epsilon_k, x) \sim q_\phi(z \mid x)` per data
+    point and importance weights :math:`w_k = p_\theta(x, z_k) / q_\phi(z_k \mid x)`,
+
+    .. math::
+
+        \mathcal{L}_K(x) = \mathbb{E}\Big[\log \frac{1}{K} \sum_{k=1}^K w_k\Big]
+        \le \log p_\theta(x), \qquad \mathcal{L}_1 = \mathrm{ELBO}, \qquad
+        \mathcal{L}_K \le \mathcal{L}_{K+1},
+
+    and the gradient estimate is the reparameterized one, with self-normalized weights
+    :math:`\tilde w_k = w_k / \sum_j w_j`,
+
+    .. math::
+
+        \nabla_{\theta,\phi} \log \frac{1}{K} \sum_{k=1}^K w_k
+        = \sum_{k=1}^K \tilde w_k \, \nabla_{\theta,\phi} \log w_k .
+
+    ``loss`` and ``loss_and_grads`` return :math:`-\frac{N}{B} \sum_{n=1}^{B} \log \frac{1}{K}
+    \sum_k w_{nk}` for a minibatch of :math:`B` of :math:`N` data points (:math:`N/B = 1`
+    without a subsampled data plate): the log-weights are formed per data point from the
+    log-densities divided by the observed sites' scale :math:`N/B`, and the bound is multiplied
+    by :math:`N/B` afterwards. :class:`~pyro.infer.RenyiELBO` instead scales the log-densities
+    first, i.e. computes :math:`\log \frac{1}{K} \sum_k w_k^{N/B}`; without subsampling the two
+    agree. Every latent guide site must be reparameterizable (``NotImplementedError``
+    otherwise; :class:`~ppl_vae.infer.rws.ReweightedWakeSleep` takes discrete latents).
+
+    :param int num_particles: :math:`K`, the number of samples per data point. Default 2.
+    :param max_plate_nesting: bound on the number of nested :func:`pyro.plate` contexts.
+        Default infinity: Pyro finds it from a first trace.
+    :param bool vectorize_particles: draw the :math:`K` samples in one vectorized pass (a
+        particle plate left of the model's plates) instead of a Python loop. Default False.
+    :param bool strict_enumeration_warning: as in :class:`pyro.infer.ELBO`.
+
+    Example::
+
+        import pyro, torch
+        from ppl_vae.guides import DiagonalNormalGuide
+        from ppl_vae.infer import IWAE_ELBO
+        from ppl_vae.models import VAEModel
+
+        model = VAEModel(x_dim=20, latent_dim=2, hidden=(16,))
+        guide = DiagonalNormalGuide(x_dim=20, latent_dim=2, hidden=(16,))
+        elbo = IWAE_ELBO(num_particles=5, vectorize_particles=True)
+        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
+        x = torch.rand(8, 20).bernoulli()
+        loss = svi.step(x, num_data=100)  # -L_5 of 100 points, estimated from 8 of them
+
+    **References**
+
+    [1] Y. Burda, R. Grosse, R. Salakhutdinov, *Importance Weighted Autoencoders*, ICLR 2016.
+    """
 
     can_infer_discrete = False  # guide sites must be reparameterizable (checked per trace)
 

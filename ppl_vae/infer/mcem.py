@@ -45,12 +45,65 @@ def _latent_sites(model, x, kwargs) -> dict:
 
 
 class MonteCarloEM:
-    """``MonteCarloEM(model, num_data)``; ``step(x, index) -> complete-data log-lik per point``.
+    r"""Monte Carlo EM with an HMC E-step, the baseline of Kingma & Welling [1] (sec. 5).
 
-    ``index``: the positions of the minibatch ``x`` in the data set (``LongTensor``), under which
-    each point's last HMC sample is kept for the next visit. ``lr``, ``m_steps``: the M-step's
-    Adam learning rate and number of updates. ``num_leapfrog``, ``step_size``, ``warmup``,
-    ``target_accept``: the E-step's HMC (the adapted step size is carried to the next E-step).
+    Maximizes the marginal likelihood :math:`\sum_i \log p_\theta(x_i)` of any model (no
+    guide) by alternating, on a minibatch of :math:`B` points,
+
+    .. math::
+
+        \text{E-step:}\quad z_i \sim \mathrm{HMC}\big(p_\theta(z \mid x_i)
+            \propto p_\theta(z)\, p_\theta(x_i \mid z)\big), \qquad
+        \text{M-step:}\quad \theta \leftarrow \mathrm{Adam}\Big(\nabla_\theta
+            \frac{1}{B} \sum_{i=1}^{B} \log p_\theta(x_i, z_i)\Big)
+            \ (\texttt{m\_steps} \text{ times}).
+
+    With exact posterior samples the expected M-step gradient is
+    :math:`\mathbb{E}_{p_\theta(z \mid x)}[\nabla_\theta \log p_\theta(x, z)] = \nabla_\theta
+    \log p_\theta(x)` (Fisher's identity), so this is stochastic EM [3]. The E-step runs one
+    :class:`pyro.infer.mcmc.HMC` chain jointly over the minibatch [2] (``num_leapfrog`` leapfrog
+    steps, the step size adapted towards acceptance ``target_accept`` during ``warmup``
+    transitions and carried to the next E-step), each point's chain started from the sample it
+    had at its last visit (the prior's on the first). The model is run without ``num_data``.
+
+    :param model: a Pyro model ``model(x, **model_kwargs)`` whose latent sites carry the data
+        points along dimension 0 (every ppl_vae model); its parameters are those of the
+        ``nn.Module`` it is, or its ``pyro.param`` sites.
+    :param int num_data: :math:`N`, the size of the data set (each point's last sample is kept).
+    :param float lr: the M-step's Adam learning rate. Default 1e-3.
+    :param int m_steps: Adam updates per M-step. Default 5.
+    :param int num_leapfrog: leapfrog steps per HMC transition. Default 10.
+    :param float step_size: the initial HMC step size. Default 0.05.
+    :param int warmup: HMC transitions per E-step spent adapting the step size (0: no
+        adaptation). Default 10.
+    :param float target_accept: the acceptance rate the step size is adapted towards.
+        Default 0.9.
+    :param model_kwargs: keyword arguments passed to every call of ``model``.
+
+    :meth:`step` ``(x, index)`` runs one E-step and one M-step and returns the complete-data
+    log-likelihood per point computed for the M-step's last update; ``index`` holds the
+    positions of the minibatch ``x`` in the data set.
+
+    Example::
+
+        import torch
+        from ppl_vae.infer.mcem import MonteCarloEM
+        from ppl_vae.models import VAEModel
+
+        data = torch.rand(100, 20).bernoulli()
+        em = MonteCarloEM(VAEModel(20, 2, hidden=(16,)), num_data=100, warmup=2, num_leapfrog=3)
+        index = torch.arange(8)
+        log_lik = em.step(data[index], index)  # (1/B) sum_i log p(x_i, z_i), last M-step update
+
+    **References**
+
+    [1] D. P. Kingma, M. Welling, *Auto-Encoding Variational Bayes*, ICLR 2014.
+
+    [2] R. M. Neal, *MCMC Using Hamiltonian Dynamics*, Handbook of Markov Chain Monte Carlo,
+    2011.
+
+    [3] G. C. G. Wei, M. A. Tanner, *A Monte Carlo Implementation of the EM Algorithm and the
+    Poor Man's Data Augmentation Algorithms*, JASA 85, 1990.
     """
 
     def __init__(self, model, num_data: int, lr: float = 1e-3, m_steps: int = 5,

@@ -90,11 +90,49 @@ class NonReparameterized(TorchDistribution):
 
 
 class NoReparamMessenger(Messenger):
-    """Effect handler: every latent (non-observed) sample site samples without a gradient path.
+    r"""Effect handler: every latent sample site samples without a gradient path.
 
-    Observed sites, subsample sites, sites marked for enumeration and distributions that are
-    already not reparameterizable are left alone. ``sites`` (optional) restricts the handler to
-    the named sites.
+    Each latent site's distribution is wrapped in :class:`NonReparameterized`
+    (``has_rsample = False``), so that Pyro's ELBOs estimate its gradient with the score
+    function (likelihood ratio, REINFORCE) [1, 2] instead of the pathwise (reparameterized)
+    gradient [3] on the *same* continuous latent:
+
+    .. math::
+
+        \nabla_\phi\, \mathbb{E}_{q_\phi(z \mid x)}\big[f(z)\big]
+        = \mathbb{E}_{q_\phi(z \mid x)}\big[f(z)\, \nabla_\phi \log q_\phi(z \mid x)\big]
+        \quad \text{instead of} \quad
+        \mathbb{E}_{p(\epsilon)}\big[\nabla_\phi f(g_\phi(\epsilon, x))\big],
+
+    with :math:`f(z) = \log p_\theta(x, z) - \log q_\phi(z \mid x)` (whose own
+    :math:`\phi`-dependence adds :math:`\mathbb{E}_q[\nabla_\phi \log q_\phi] = 0`). Observed
+    sites, subsample sites, sites marked for enumeration and distributions that are already not
+    reparameterizable are left alone. Being an effect handler it works for any guide.
+
+    :param sites: if given, the names of the only sites to treat. Default: all latent sites.
+    :type sites: iterable of str or None
+
+    Example::
+
+        import torch
+        from ppl_vae.guides import DiagonalNormalGuide
+        from ppl_vae.infer import NoReparamMessenger
+        from pyro import poutine
+
+        guide = DiagonalNormalGuide(x_dim=20, latent_dim=2, hidden=(16,))
+        with NoReparamMessenger():
+            trace = poutine.trace(guide).get_trace(torch.rand(8, 20))
+        assert not trace.nodes["z"]["fn"].has_rsample  # Pyro now uses the score function
+        assert not trace.nodes["z"]["value"].requires_grad
+
+    **References**
+
+    [1] R. J. Williams, *Simple Statistical Gradient-Following Algorithms for Connectionist
+    Reinforcement Learning*, Machine Learning 8, 1992.
+
+    [2] R. Ranganath, S. Gerrish, D. M. Blei, *Black Box Variational Inference*, AISTATS 2014.
+
+    [3] D. P. Kingma, M. Welling, *Auto-Encoding Variational Bayes*, ICLR 2014.
     """
 
     def __init__(self, sites=None):

@@ -36,7 +36,59 @@ __all__ = ["ReweightedWakeSleep"]
 
 
 class ReweightedWakeSleep(pyro.infer.ReweightedWakeSleep):
-    """Wake-theta + wake-phi reweighted wake-sleep with per-data-point weights (K >= 2)."""
+    r"""Reweighted wake-sleep [1] (wake-theta and wake-phi) with per-data-point weights.
+
+    :math:`K` samples :math:`z_k \sim q_\phi(z \mid x)` per data point are drawn *without* a
+    gradient path, so any latent type works, discrete included. With
+    :math:`\log w_k = \log p_\theta(x, z_k) - \log q_\phi(z_k \mid x)` and
+    :math:`\tilde w_k = w_k / \sum_j w_j` (no gradient through :math:`\tilde w_k`), the two
+    gradient estimates are
+
+    .. math::
+
+        \text{wake-}\theta: \quad
+        \nabla_\theta \log \frac{1}{K} \sum_{k=1}^K w_k
+        = \sum_{k=1}^K \tilde w_k \, \nabla_\theta \log p_\theta(x, z_k),
+        \qquad
+        \text{wake-}\phi: \quad
+        \sum_{k=1}^K \tilde w_k \, \nabla_\phi \log q_\phi(z_k \mid x),
+
+    ascending the importance-weighted bound :math:`\mathcal{L}_K` in :math:`\theta` and
+    descending a self-normalized estimate of the inclusive
+    :math:`\mathrm{KL}(p_\theta(z \mid x) \,\|\, q_\phi(z \mid x))` in :math:`\phi` [2]. Unlike
+    :class:`pyro.infer.ReweightedWakeSleep` (of which this is the ``insomnia=1`` case), the
+    weights are normalized per data point, not over the whole batch; under a subsampled data
+    plate both terms are multiplied by :math:`N/B` outside the log-mean-exp; and ``loss`` /
+    ``loss_and_grads`` return one float, the estimate of :math:`-\frac{N}{B} \sum_n
+    \mathcal{L}_K(x_n)`. The sleep-phi term is not offered (see the module docstring).
+
+    :param int num_particles: :math:`K`, the number of samples per data point; at least 2.
+        Default 2.
+    :param bool vectorize_particles: draw the :math:`K` samples in one vectorized pass.
+        Default True.
+    :param max_plate_nesting: bound on the number of nested :func:`pyro.plate` contexts.
+        Default infinity: Pyro finds it from a first trace.
+    :param bool strict_enumeration_warning: as in :class:`pyro.infer.ELBO`.
+
+    Example::
+
+        import pyro, torch
+        from ppl_vae.guides import BernoulliGuide
+        from ppl_vae.infer import ReweightedWakeSleep
+        from ppl_vae.models import SigmoidBeliefNetwork
+
+        model, guide = SigmoidBeliefNetwork(20, 4), BernoulliGuide(20, 4)  # binary latents
+        elbo = ReweightedWakeSleep(num_particles=5)
+        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
+        loss = svi.step(torch.rand(8, 20).bernoulli(), num_data=100)  # -L_5 estimate
+
+    **References**
+
+    [1] J. Bornschein, Y. Bengio, *Reweighted Wake-Sleep*, ICLR 2015.
+
+    [2] T. A. Le, A. R. Kosiorek, N. Siddharth, Y. W. Teh, F. Wood, *Revisiting Reweighted
+    Wake-Sleep for Models with Stochastic Control Flow*, UAI 2019.
+    """
 
     can_infer_discrete = True  # particles are drawn without a gradient path
 

@@ -4,10 +4,11 @@ Two phases per step, each a gradient of its own objective:
 
 * **wake-theta**: z ~ q_phi(z|x) for the real x (the sample carries *no* gradient path), then
   ascend log p_theta(x, z): grad_theta = E_q[grad_theta log p_theta(x, z)];
-* **sleep-phi**: dream (z', x') ~ p_theta(z) p_theta(x|z) by running the model with its
-  observations sampled (``poutine.uncondition``), then ascend log q_phi(z'|x'):
-  grad_phi = E_p[grad_phi log q_phi(z'|x')], i.e. descend KL(p_theta(z|x) || q_phi(z|x))
-  averaged over x ~ p_theta(x) (the *inclusive* KL, on dreamed rather than real data).
+* **sleep-phi**: dream ``(z', x') ~ p_theta(z) p_theta(x|z)`` by running the model with its
+  observations sampled (``poutine.uncondition``), then ascend ``log q_phi(z'|x')``:
+  ``grad_phi = E_p[grad_phi log q_phi(z'|x')]``, i.e. descend
+  ``KL(p_theta(z|x) || q_phi(z|x))`` averaged over ``x ~ p_theta(x)`` (the *inclusive* KL, on
+  dreamed rather than real data).
 
 Neither phase differentiates through a sample, so any latent type works (discrete included) and
 ``can_infer_discrete = True``. The two phases are not the gradient of one objective; the number
@@ -35,10 +36,50 @@ __all__ = ["WakeSleep"]
 
 
 class WakeSleep(pyro.infer.ELBO):
-    """Wake-sleep (Hinton et al. 1995): wake-theta on real data, sleep-phi on dreams.
+    r"""The wake-sleep algorithm [1]: wake-theta on real data, sleep-phi on dreams.
 
-    ``num_particles`` wake samples and dreams per step (averaged; run sequentially).
-    ``observed``: the model's observed site whose dreamed value is fed to the guide.
+    Each step accumulates two gradients, neither of which differentiates through a sample:
+
+    .. math::
+
+        \text{wake-}\theta: \quad \nabla_\theta \log p_\theta(x, z),
+        \quad z \sim q_\phi(z \mid x) \text{ for the real } x;
+        \qquad
+        \text{sleep-}\phi: \quad \nabla_\phi \log q_\phi(z' \mid x'),
+        \quad (z', x') \sim p_\theta(z)\, p_\theta(x \mid z).
+
+    The sleep phase descends :math:`\mathbb{E}_{p_\theta(x)}\,\mathrm{KL}(p_\theta(z \mid x)
+    \,\|\, q_\phi(z \mid x))`, the inclusive KL on dreamed rather than real data; the two phases
+    are not the gradient of one objective. Any latent type works, discrete included. ``loss``
+    and ``loss_and_grads`` return the single-sample
+    :math:`-[\log p_\theta(x, z) - \log q_\phi(z \mid x)]` at the wake sample (averaged over
+    particles), comparable with every other objective. Model and guide must take the
+    observations as their first positional argument; the dream runs
+    ``poutine.uncondition(model)`` and the guide is called with the dreamed value of site
+    ``observed``. Keyword arguments (``num_data``) reach both phases unchanged.
+
+    :param int num_particles: wake samples and dreams per step, run one after another and
+        averaged. Default 1.
+    :param str observed: the model's observed site whose dreamed value is fed to the guide.
+        Default ``"x"``.
+    :param kwargs: other keyword arguments of :class:`pyro.infer.ELBO`
+        (``vectorize_particles`` is ignored).
+
+    Example::
+
+        import pyro, torch
+        from ppl_vae.guides import BernoulliGuide
+        from ppl_vae.infer import WakeSleep
+        from ppl_vae.models import SigmoidBeliefNetwork
+
+        model, guide = SigmoidBeliefNetwork(20, 4), BernoulliGuide(20, 4)
+        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), WakeSleep())
+        loss = svi.step(torch.rand(8, 20).bernoulli(), num_data=100)  # -ELBO at the wake sample
+
+    **References**
+
+    [1] G. E. Hinton, P. Dayan, B. J. Frey, R. M. Neal, *The "Wake-Sleep" Algorithm for
+    Unsupervised Neural Networks*, Science 268, 1995.
     """
 
     can_infer_discrete = True  # no gradient flows through any sample

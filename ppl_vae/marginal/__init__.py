@@ -102,12 +102,56 @@ ESTIMATORS = {
 
 def estimate_log_likelihood(model, guide, x, estimator: str, num_samples: int,
                             **options) -> MarginalLikelihoodResult:
-    """Run the estimator named ``estimator`` (a key of :data:`ESTIMATORS`) on ``x``.
+    r"""Run the marginal-likelihood estimator named ``estimator`` on every data point of ``x``.
 
-    ``options`` go to the estimator's function (``batch_size``, ``particle_chunk``,
-    ``progress``; for ``ais`` also ``num_steps``, ``num_leapfrog``, ``step_size``, ``init``,
-    ``schedule``). ``elbo`` is importance sampling reported as the mean log weight, with
-    per-point standard error sd(log w) / sqrt(K).
+    With :math:`K` = ``num_samples`` and :math:`w_k = p(x, z_k) / q(z_k \mid x)`,
+    :math:`z_k \sim q(z \mid x)`, the estimators (the keys of :data:`ESTIMATORS`) are
+
+    .. math::
+
+        \texttt{elbo}: \ \frac{1}{K} \sum_{k=1}^K \log w_k, \qquad
+        \texttt{is}: \ \log \frac{1}{K} \sum_{k=1}^K w_k \ [1], \qquad
+        \texttt{naive}: \ \log \frac{1}{K} \sum_{k=1}^K p(x \mid z'_k),
+        \ z'_k \sim p(z),
+
+    and ``ais``, annealed importance sampling with :math:`K` HMC chains [2, 3]
+    (:func:`annealed_importance_sampling`). ``elbo`` is importance sampling reported as the
+    mean log weight, with per-point standard error :math:`\mathrm{sd}(\log w) / \sqrt{K}`.
+
+    :param model: a Pyro model ``model(x)`` (see the module docstring for the conventions).
+    :param guide: a Pyro guide ``guide(x)`` with the model's latent sites (not used by
+        ``naive``; may be None there and for ``ais`` with ``init="prior"``).
+    :param torch.Tensor x: the data, points along dimension 0.
+    :param str estimator: ``"elbo"``, ``"naive"``, ``"is"`` or ``"ais"``.
+    :param int num_samples: :math:`K`, samples (chains for ``ais``) per data point.
+    :param options: keyword options of the estimator's function (``batch_size``,
+        ``particle_chunk``, ``progress``, ``seed``, ...; for ``ais`` also ``num_steps``,
+        default 1000, ``num_leapfrog``, ``step_size``, ``init``, ``schedule``).
+    :returns: per-point estimates and diagnostics.
+    :rtype: ~ppl_vae.marginal.result.MarginalLikelihoodResult
+    :raises ConfigError: for an unknown ``estimator``.
+
+    Example::
+
+        import torch
+        from ppl_vae.guides import DiagonalNormalGuide
+        from ppl_vae.marginal import estimate_log_likelihood
+        from ppl_vae.models import VAEModel
+
+        model = VAEModel(x_dim=20, latent_dim=2, hidden=(16,))
+        guide = DiagonalNormalGuide(x_dim=20, latent_dim=2, hidden=(16,))
+        x = torch.rand(5, 20).bernoulli()
+        result = estimate_log_likelihood(model, guide, x, "is", num_samples=100, seed=0)
+        print(result.summary()["log_likelihood"])  # mean log p(x) over the 5 points
+
+    **References**
+
+    [1] Y. Burda, R. Grosse, R. Salakhutdinov, *Importance Weighted Autoencoders*, ICLR 2016.
+
+    [2] R. M. Neal, *Annealed Importance Sampling*, Statistics and Computing 11, 2001.
+
+    [3] Y. Wu, Y. Burda, R. Salakhutdinov, R. Grosse, *On the Quantitative Analysis of
+    Decoder-Based Generative Models*, ICLR 2017.
     """
     if estimator == "naive":
         return naive_monte_carlo(model, x, num_samples, **options)

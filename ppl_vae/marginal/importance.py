@@ -38,16 +38,64 @@ def naive_monte_carlo(
     index_offset: int = 0,
     whole_data: bool | None = None,
 ) -> MarginalLikelihoodResult:
-    r"""Naive Monte Carlo: z_k ~ p(z), log p̂(x) = log (1/K) Σ_k p(x | z_k), per data point.
+    r"""Naive Monte Carlo estimate of :math:`\log p(x)` per data point, the prior as proposal.
 
-    The model is traced with ``x`` observed and the latents drawn from the prior; the weights are
-    the observed sites' densities. p̂(x) is unbiased, log p̂(x) is biased downwards, and with a
-    posterior much narrower than the prior (many observed dimensions) a feasible K finds no
-    sample where p(x|z) is large: the estimate is useless in e.g. 784 dimensions, which k̂ > 0.7
-    and an ESS near 1 reveal. See the module docstring for the model conventions, chunking
-    (``batch_size`` data points x ``particle_chunk`` samples) and diagnostics. With a ``seed``,
-    point i's samples depend only on (seed, ``index_offset`` + i): see
-    :func:`~ppl_vae.marginal.common.run_weights`.
+    .. math::
+
+        \log \hat p(x) = \log \frac{1}{K} \sum_{k=1}^K p(x \mid z_k), \qquad z_k \sim p(z),
+
+    where :math:`p(x \mid z_k)` is the product of the model's observed sites' densities, the
+    model being traced with ``x`` observed and its latents drawn from the prior.
+    :math:`\hat p(x)` is unbiased and :math:`\log \hat p(x)` biased downwards (Jensen). When the
+    posterior is much narrower than the prior (many observed dimensions) a feasible :math:`K`
+    finds no sample where :math:`p(x \mid z)` is large: the estimate is far below
+    :math:`\log p(x)` (useless in e.g. 784 dimensions), which an effective sample size near 1
+    [1] and a Pareto :math:`\hat k > 0.7` [2] reveal. See the module docstring for the model
+    conventions, chunking and diagnostics.
+
+    :param model: a Pyro model ``model(x)`` with the data points of ``x`` in a vectorized plate.
+    :param torch.Tensor x: the data, points along dimension 0.
+    :param int num_samples: :math:`K`, prior samples per data point.
+    :param batch_size: data points per chunk. Default: enough for about 2**25 floats per tensor
+        of ``particle_chunk`` samples (not used with a ``seed``).
+    :type batch_size: int or None
+    :param particle_chunk: samples per chunk (with a ``seed``, default 1000 and part of the
+        definition of the random streams).
+    :type particle_chunk: int or None
+    :param max_plate_nesting: the model's plate depth; default: read from a probe trace.
+    :type max_plate_nesting: int or None
+    :param int data_dim: the batch dimension of the data plate. Default -1.
+    :param bool progress: show a progress bar (on stderr). Default False.
+    :param bool return_log_weights: also return the ``(N, K)`` log weights in
+        ``result.log_weights``. Default False.
+    :param seed: if given, point :math:`i`'s samples are a function of (``seed``,
+        ``index_offset + i``, :math:`K`, ``particle_chunk``) alone, whatever the batch size and
+        however the points are split across workers
+        (:func:`~ppl_vae.marginal.common.run_weights`); default: the global RNG.
+    :type seed: int or None
+    :param int index_offset: the global index of ``x[0]`` (for ``seed``). Default 0.
+    :returns: per-point ``log_likelihood``, ``stderr``, ``ess``, ``pareto_k``,
+        ``log_weight_mean`` and ``log_weight_var`` (shape ``(N,)``), ``estimator="naive"``.
+    :rtype: ~ppl_vae.marginal.result.MarginalLikelihoodResult
+
+    Example::
+
+        import torch
+        from ppl_vae.marginal import naive_monte_carlo
+        from ppl_vae.models import VAEModel
+
+        model = VAEModel(x_dim=20, latent_dim=2, hidden=(16,))
+        x = torch.rand(5, 20).bernoulli()
+        result = naive_monte_carlo(model, x, num_samples=100, seed=0)
+        assert result.log_likelihood.shape == (5,)
+
+    **References**
+
+    [1] A. Kong, *A Note on Importance Sampling using Standardized Weights*, Technical Report
+    348, Department of Statistics, University of Chicago, 1992.
+
+    [2] A. Vehtari, D. Simpson, A. Gelman, Y. Yao, J. Gabry, *Pareto Smoothed Importance
+    Sampling*, JMLR 25, 2024.
     """
     t0 = time.perf_counter()
     k = positive_int(num_samples, "num_samples")
@@ -83,15 +131,70 @@ def importance_sampling(
     index_offset: int = 0,
     whole_data: bool | None = None,
 ) -> MarginalLikelihoodResult:
-    r"""Importance sampling with the guide as proposal: the IWAE bound L_K, per data point.
+    r"""Importance sampling estimate of :math:`\log p(x)` per data point, the guide as proposal.
 
-    z_k ~ q(z|x), w_k = p(x, z_k) / q(z_k|x), log p̂(x) = log (1/K) Σ_k w_k
-    (Burda, Grosse & Salakhutdinov 2016). E[log p̂] = L_K ≤ L_{K+1} ≤ log p(x); K = 1 gives the
-    ELBO, and ``log_weight_mean`` is the K-sample estimate of the ELBO. log p(x, z) sums the
-    model's sample sites (latent and observed) replayed on the guide's samples; log q(z|x) sums
-    the guide's latent sites. See the module docstring for conventions, chunking and diagnostics.
-    With a ``seed``, point i's samples depend only on (seed, ``index_offset`` + i): see
-    :func:`~ppl_vae.marginal.common.run_weights`.
+    .. math::
+
+        \log \hat p(x) = \log \frac{1}{K} \sum_{k=1}^K \frac{p(x, z_k)}{q(z_k \mid x)},
+        \qquad z_k \sim q(z \mid x), \qquad
+        \mathbb{E}\big[\log \hat p(x)\big] = \mathcal{L}_K \le \mathcal{L}_{K+1} \le \log p(x):
+
+    the importance-weighted bound :math:`\mathcal{L}_K` of Burda et al. [1]. :math:`K = 1` gives
+    the ELBO, and ``log_weight_mean`` is the :math:`K`-sample estimate of the ELBO; with
+    :math:`q = p(z \mid x)` every weight equals :math:`p(x)`. :math:`\log p(x, z)` sums the
+    model's sample sites (latent and observed) replayed on the guide's samples,
+    :math:`\log q(z \mid x)` the guide's latent sites, which must be the model's. The
+    diagnostics ``ess`` [2] and ``pareto_k`` [3] tell whether the weights can be trusted. See
+    the module docstring for conventions, chunking and diagnostics.
+
+    :param model: a Pyro model ``model(x)`` with the data points of ``x`` in a vectorized plate.
+    :param guide: a Pyro guide ``guide(x)`` with the same latent sites.
+    :param torch.Tensor x: the data, points along dimension 0.
+    :param int num_samples: :math:`K`, guide samples per data point.
+    :param batch_size: data points per chunk. Default: enough for about 2**25 floats per tensor
+        of ``particle_chunk`` samples (not used with a ``seed``).
+    :type batch_size: int or None
+    :param particle_chunk: samples per chunk (with a ``seed``, default 1000 and part of the
+        definition of the random streams).
+    :type particle_chunk: int or None
+    :param max_plate_nesting: the model's plate depth; default: read from a probe trace.
+    :type max_plate_nesting: int or None
+    :param int data_dim: the batch dimension of the data plate. Default -1.
+    :param bool progress: show a progress bar (on stderr). Default False.
+    :param bool return_log_weights: also return the ``(N, K)`` log weights in
+        ``result.log_weights``. Default False.
+    :param seed: if given, point :math:`i`'s samples are a function of (``seed``,
+        ``index_offset + i``, :math:`K`, ``particle_chunk``) alone, whatever the batch size and
+        however the points are split across workers
+        (:func:`~ppl_vae.marginal.common.run_weights`); default: the global RNG.
+    :type seed: int or None
+    :param int index_offset: the global index of ``x[0]`` (for ``seed``). Default 0.
+    :returns: per-point ``log_likelihood``, ``stderr``, ``ess``, ``pareto_k``,
+        ``log_weight_mean`` and ``log_weight_var`` (shape ``(N,)``), ``estimator="is"``.
+    :rtype: ~ppl_vae.marginal.result.MarginalLikelihoodResult
+
+    Example::
+
+        import torch
+        from ppl_vae.guides import DiagonalNormalGuide
+        from ppl_vae.marginal import importance_sampling
+        from ppl_vae.models import VAEModel
+
+        model = VAEModel(x_dim=20, latent_dim=2, hidden=(16,))
+        guide = DiagonalNormalGuide(x_dim=20, latent_dim=2, hidden=(16,))
+        x = torch.rand(5, 20).bernoulli()
+        result = importance_sampling(model, guide, x, num_samples=100, seed=0)
+        assert (result.log_weight_mean <= result.log_likelihood).all()  # ELBO <= L_K
+
+    **References**
+
+    [1] Y. Burda, R. Grosse, R. Salakhutdinov, *Importance Weighted Autoencoders*, ICLR 2016.
+
+    [2] A. Kong, *A Note on Importance Sampling using Standardized Weights*, Technical Report
+    348, Department of Statistics, University of Chicago, 1992.
+
+    [3] A. Vehtari, D. Simpson, A. Gelman, Y. Yao, J. Gabry, *Pareto Smoothed Importance
+    Sampling*, JMLR 25, 2024.
     """
     t0 = time.perf_counter()
     k = positive_int(num_samples, "num_samples")
