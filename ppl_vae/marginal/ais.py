@@ -392,6 +392,10 @@ def annealed_importance_sampling(
         workers. Default: the global RNG.
     :type seed: int or None
     :param int index_offset: the global index of ``x[0]`` (for ``seed``). Default 0.
+    :param whole_data: ``True``: call the pair on all of ``x`` at once (a guide with one
+        parameter per data point; :func:`~ppl_vae.marginal.model_evidence`); ``None``
+        (default): detected by the probe; ``False``: never.
+    :type whole_data: bool or None
     :returns: per-point estimates and diagnostics (``estimator="ais"``); ``log_weight_var`` is
         the variance of the log weights across chains, ``info`` holds the mean
         ``acceptance_rate`` and final ``step_size`` per point, ``num_steps``, ``init`` and

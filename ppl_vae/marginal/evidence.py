@@ -60,7 +60,7 @@ def model_evidence(model, guide, x: torch.Tensor, num_samples: int, estimator: s
     :param str estimator: ``"is"``, ``"naive"``, ``"elbo"`` or ``"ais"``.
     :param options: passed to the estimator (``particle_chunk``, ``num_steps``, ``seed``, ...).
     :returns: the estimate, with ``estimator`` named ``"<estimator>-evidence"``.
-    :rtype: MarginalLikelihoodResult
+    :rtype: ~ppl_vae.marginal.result.MarginalLikelihoodResult
 
     **References**
 

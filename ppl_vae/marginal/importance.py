@@ -74,6 +74,10 @@ def naive_monte_carlo(
         (:func:`~ppl_vae.marginal.common.run_weights`); default: the global RNG.
     :type seed: int or None
     :param int index_offset: the global index of ``x[0]`` (for ``seed``). Default 0.
+    :param whole_data: ``True``: call the pair on all of ``x`` at once (a guide with one
+        parameter per data point; :func:`~ppl_vae.marginal.model_evidence`); ``None``
+        (default): detected by the probe; ``False``: never.
+    :type whole_data: bool or None
     :returns: per-point ``log_likelihood``, ``stderr``, ``ess``, ``pareto_k``,
         ``log_weight_mean`` and ``log_weight_var`` (shape ``(N,)``), ``estimator="naive"``.
     :rtype: ~ppl_vae.marginal.result.MarginalLikelihoodResult
@@ -169,6 +173,10 @@ def importance_sampling(
         (:func:`~ppl_vae.marginal.common.run_weights`); default: the global RNG.
     :type seed: int or None
     :param int index_offset: the global index of ``x[0]`` (for ``seed``). Default 0.
+    :param whole_data: ``True``: call the pair on all of ``x`` at once (a guide with one
+        parameter per data point; :func:`~ppl_vae.marginal.model_evidence`); ``None``
+        (default): detected by the probe; ``False``: never.
+    :type whole_data: bool or None
     :returns: per-point ``log_likelihood``, ``stderr``, ``ess``, ``pareto_k``,
         ``log_weight_mean`` and ``log_weight_var`` (shape ``(N,)``), ``estimator="is"``.
     :rtype: ~ppl_vae.marginal.result.MarginalLikelihoodResult
