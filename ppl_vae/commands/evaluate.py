@@ -44,6 +44,10 @@ def add_arguments(p):
                    help="; ".join(f"{k}: {v}" for k, v in ESTIMATORS.items()))
     p.add_argument("--samples", "-k", type=int, required=True, metavar="K",
                    help="samples per data point (ais: number of chains)")
+    p.add_argument("--evidence", action="store_true",
+                   help="estimate the model evidence log p(X) of the whole split (all --limit "
+                        "points together; for models with global latents), not log p(x) per "
+                        "point")
     p.add_argument("--split", default="test", metavar="SPLIT",
                    help="data split: train, valid or test (default)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
@@ -120,6 +124,24 @@ def write_per_point(result, path) -> None:
     atomic_write_bytes(path, pd.DataFrame(columns).to_csv(index=False).encode())
 
 
+def _estimate(r, x, args):
+    """Per-point log p(x) sharded over the workers, or the evidence of all of ``x``."""
+    from ppl_vae.errors import ConfigError
+    from ppl_vae.marginal import model_evidence
+    from ppl_vae.training import distributed
+
+    if not args.evidence:
+        return distributed.sharded_log_likelihood(
+            r.model, r.guide, x, args.estimator, args.samples, align=args.batch_size or 1,
+            **_options(args))
+    if distributed.world_size() > 1:
+        raise ConfigError("--evidence is one estimate of the whole split: run it in one "
+                          "process (no --nproc / torchrun)")
+    options = _options(args)
+    options.pop("batch_size")
+    return model_evidence(r.model, r.guide, x, args.samples, args.estimator, **options)
+
+
 def run(args) -> int:
     import torch
 
@@ -136,9 +158,7 @@ def run(args) -> int:
     if args.limit is not None:
         x = x[: args.limit]
     with torch.no_grad():
-        result = distributed.sharded_log_likelihood(
-            r.model, r.guide, x.to(device), args.estimator, args.samples,
-            align=args.batch_size or 1, **_options(args))
+        result = _estimate(r, x.to(device), args)
     if not distributed.is_main():
         return 0
     if args.per_point:
@@ -181,8 +201,12 @@ def _print_human(row: dict, warning, csv_path) -> None:
         extra = (f"  (T={row['num_steps']}, {row['num_leapfrog']} leapfrog, init {row['init']}, "
                  f"{row['schedule']} schedule, acceptance {_fmt(row['acceptance_rate'], '.2f')})")
     print(f"estimator {row['estimator']}  K={row['num_samples']}{extra}")
-    print(f"log p(x) ~ {_fmt(row['log_likelihood'])} nats  (stderr over points "
-          f"{_fmt(row['stderr'])}; Monte Carlo stderr {_fmt(row['mc_stderr'])})")
+    if row["estimator"].endswith("-evidence"):
+        print(f"model evidence log p(X) of all {row['limit'] or 'split'} points ~ "
+              f"{_fmt(row['log_likelihood'])} nats  (Monte Carlo stderr {_fmt(row['stderr'])})")
+    else:
+        print(f"log p(x) ~ {_fmt(row['log_likelihood'])} nats  (stderr over points "
+              f"{_fmt(row['stderr'])}; Monte Carlo stderr {_fmt(row['mc_stderr'])})")
     print(f"bits/dim {_fmt(row['bits_per_dim'], '.4f')}")
     print(f"ESS mean {_fmt(row['ess_mean'], '.1f')}  min {_fmt(row['ess_min'], '.1f')}  "
           f"(of K={row['num_samples']})")

@@ -111,3 +111,58 @@ def test_bad_specs_name_the_flag(spec, needle):
     with pytest.raises(ConfigError, match=needle) as info:
         load_factory(spec)
     assert "--model" in str(info.value)
+
+
+GLOBAL_FILE = textwrap.dedent('''
+    import pyro
+    import pyro.distributions as dist
+    import torch
+    from torch import nn
+    from torch.distributions import constraints
+
+
+    def make(x_dim, z_dim=2):
+        """A VAE with a global offset m shared by every image (a global latent)."""
+        decoder = nn.Sequential(nn.Linear(z_dim, 16), nn.Tanh(), nn.Linear(16, x_dim))
+        encoder = nn.Sequential(nn.Linear(x_dim, 16), nn.Tanh(), nn.Linear(16, 2 * z_dim))
+
+        def model(x):
+            pyro.module("decoder", decoder)
+            m = pyro.sample("m", dist.Normal(x.new_zeros(x_dim), 1.0).to_event(1))
+            with pyro.plate("data"):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), z_dim), 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(decoder(z) + m, 0.5).to_event(1), obs=x)
+
+        def guide(x):
+            pyro.module("encoder", encoder)
+            loc = pyro.param("m_loc", torch.zeros(x_dim))
+            scale = pyro.param("m_scale", 0.1 * torch.ones(x_dim), constraint=constraints.positive)
+            pyro.sample("m", dist.Normal(loc, scale).to_event(1))
+            z_loc, log_scale = encoder(x).chunk(2, -1)
+            with pyro.plate("data"):
+                pyro.sample("z", dist.Normal(z_loc, log_scale.exp()).to_event(1))
+
+        return model, guide
+''')
+
+
+def test_a_user_model_with_a_global_latent_train_evaluate_evidence(tmp_path, capsys):
+    """train -> evaluate per point (refused: global latent, one line) -> evaluate --evidence."""
+    import json
+
+    from ppl_vae.commands.cli import main
+
+    path = tmp_path / "global_vae.py"
+    path.write_text(GLOBAL_FILE)
+    out = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--model", f"{path}:make", "--epochs", "1",
+                 "--batch-size", "128", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    rc = main(["evaluate", "--run", str(out), "--estimator", "is", "-k", "5", "--limit", "10"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "global latents" in err[0] and "--evidence" in err[0]
+    assert main(["evaluate", "--run", str(out), "--estimator", "is", "-k", "50", "--limit", "20",
+                 "--evidence", "--json", "--no-progress"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["estimator"] == "is-evidence" and row["n"] == 1 and row["limit"] == 20
+    assert row["num_dims"] == 20 * 64 and row["log_likelihood"] < 0
