@@ -33,6 +33,9 @@ name           ELBO class                         gradient estimator
 ``stl``        ``STL_ELBO``                       sticking the landing (Roeder et al. 2017)
 ``dreg-K``     ``DReG_ELBO``                      doubly-reparameterized IWAE gradient (Tucker et
                                                   al. 2018)
+``enum``       ``TraceEnum_ELBO``                 discrete sites marked for parallel enumeration
+                                                  (``config_enumerate``) summed out exactly, the
+                                                  others as ``trace``
 ``ws``         ``WakeSleep``                      wake-sleep: wake-theta on z ~ q(z|x), sleep-phi on
                                                   dreams (z, x) ~ p (Hinton et al. 1995); alias
                                                   ``wake-sleep``
@@ -88,6 +91,7 @@ _PYRO_CAN_INFER_DISCRETE = {
     pyro.infer.TraceMeanField_ELBO: False,
     pyro.infer.Trace_ELBO: True,
     pyro.infer.TraceGraph_ELBO: True,
+    pyro.infer.TraceEnum_ELBO: True,
     pyro.infer.RenyiELBO: True,
 }
 
@@ -299,6 +303,14 @@ def _meanfield(num_particles, vectorize_particles):
                     "sites", compare=False)  # on reparameterized latents it is `trace`
 def _tracegraph(num_particles, vectorize_particles):
     return Objective("tracegraph", pyro.infer.TraceGraph_ELBO(
+        **elbo_options(num_particles, vectorize_particles)))
+
+
+@register_objective("enum", pyro.infer.TraceEnum_ELBO,
+                    "TraceEnum_ELBO: discrete sites marked for enumeration (config_enumerate) "
+                    "summed out exactly, the others as Trace_ELBO", compare=False)
+def _enum(num_particles, vectorize_particles):
+    return Objective("enum", pyro.infer.TraceEnum_ELBO(
         **elbo_options(num_particles, vectorize_particles)))
 
 

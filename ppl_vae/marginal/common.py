@@ -103,8 +103,11 @@ class Layout:
 
 
 def _check_guide_latents(mtr, gtr, latent) -> None:
-    """The guide must have exactly the model's latent sites, with the same shapes."""
+    """The guide must have exactly the model's latent sites, with the same shapes (sites the
+    model enumerates need none)."""
     g_latent = list(vocab.latent_sites(gtr))
+    latent = [n for n in latent if n in g_latent
+              or mtr.nodes[n]["infer"].get("enumerate") != "parallel"]
     if set(g_latent) != set(latent):
         missing = sorted(set(latent) - set(g_latent))
         extra = sorted(set(g_latent) - set(latent))
@@ -132,7 +135,7 @@ def _check_data_plate(mtr, gtr, latent, observed, data_dim, xp) -> None:
     reason, not the plate's size."""
     sites = [(mtr, name, "model") for name in latent + observed]
     if gtr is not None:
-        sites += [(gtr, name, "guide") for name in latent]
+        sites += [(gtr, name, "guide") for name in latent if name in gtr.nodes]
     outside = sorted({name for tr, name, _ in sites if _data_frame(tr, name, data_dim) is None})
     if outside:
         raise ConfigError(

@@ -111,7 +111,7 @@ def naive_monte_carlo(
 
     def log_weights(xb, kc):
         lw = importance_log_weights(model, None, (xb,), {}, kc, layout.max_plate_nesting,
-                                    layout.reduce)
+                                    layout.reduce, data_dim=layout.data_dim)
         return torch.broadcast_to(lw, (kc, xb.shape[0]))
 
     return run_weights("naive", log_weights, x, k, batch_size, particle_chunk, layout, progress,
@@ -216,7 +216,7 @@ def importance_sampling(
 
     def log_weights(xb, kc):
         lw = importance_log_weights(model, guide, (xb,), {}, kc, layout.max_plate_nesting,
-                                    layout.reduce)
+                                    layout.reduce, data_dim=layout.data_dim)
         return torch.broadcast_to(lw, (kc, xb.shape[0]))
 
     return run_weights("is", log_weights, x, k, batch_size, particle_chunk, layout, progress,
