@@ -34,3 +34,10 @@ class LinearGaussian:
     def marginal(self):
         d = self.w.shape[0]
         return dist.MultivariateNormal(self.b, self.w @ self.w.T + self.s**2 * torch.eye(d))
+
+
+def decoder_mean(model, z):
+    """E[x | z] of a model with a ``decoder`` network and a ``likelihood`` (the VAE, the SBN and
+    the hierarchical VAE at its bottom layer), computed directly from the two pieces."""
+    dtype = next(model.decoder.parameters()).dtype
+    return model.likelihood.mean(model.decoder(z.to(dtype)))

@@ -172,9 +172,6 @@ def interpolate(model, guide, x_start, x_end, steps: int = 8, obs_site: str = "x
     return torch.stack(out, dim=1)
 
 
-# ------------------------------------------------------------------------------------------
-# latent manifolds and traversals
-# ------------------------------------------------------------------------------------------
 def _icdf(fn, u: torch.Tensor) -> torch.Tensor:
     """Per-dimension quantiles of a factorized latent distribution at probabilities ``u``
     (shape ``(G, J)``); NotImplementedError when the family has no icdf."""
@@ -274,9 +271,6 @@ def traverse(model, guide, x_point, dims, steps: int = 9, site: str | None = Non
     return decode(model, {site: z}, obs_site)
 
 
-# ------------------------------------------------------------------------------------------
-# attribute vectors
-# ------------------------------------------------------------------------------------------
 @torch.no_grad()
 def attribute_direction(guide, x, has_attribute) -> dict:
     """Per latent site: mean posterior-mean code of the examples with the attribute minus that of
