@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from ppl_vae.commands import add_checkpoint_argument
+from ppl_vae.commands import options as tk
 
 NAME = "grad-variance"
 HELP = ("variance, SNR, agreement with a reference (cosine) and cost of each objective's "
@@ -16,28 +16,23 @@ def add_arguments(p):
     from ppl_vae.infer.objectives import comparison_objectives
 
     default = ",".join(comparison_objectives())
-    p.add_argument("--run", required=True, metavar="DIR",
-                   help="run directory written by `ppl-vae train`")
-    add_checkpoint_argument(p)
+    tk.add_run(p)
     p.add_argument("--objectives", default=default, metavar="LIST",
                    help=f"comma-separated registered objectives (default {default})")
     p.add_argument("--draws", type=int, default=100, metavar="G",
                    help="independent gradient estimates per objective (default 100)")
     p.add_argument("--batch-size", type=int, default=64, metavar="B",
                    help="size of the fixed minibatch the gradients are taken on (default 64)")
-    p.add_argument("--split", default="train", metavar="SPLIT",
-                   help="split the minibatch is drawn from (default train: the gradients are "
-                        "those of the training objective)")
+    tk.add_split(p, "train", "split the minibatch is drawn from (default train: the gradients "
+                 "are those of the training objective)")
     p.add_argument("--particles", type=int, default=None, metavar="L",
                    help="particles per estimate for names without a -K suffix (default: each "
                         "objective's own)")
     p.add_argument("--warmup", type=int, default=None, metavar="N",
                    help="warm-up draws for objectives with baselines (default 300)")
-    p.add_argument("--seed", type=int, default=0, metavar="SEED", help="random seed (default 0)")
-    p.add_argument("--device", default="cpu", metavar="DEVICE",
-                   help="torch device, e.g. cpu (default) or cuda")
-    p.add_argument("--json", action="store_true",
-                   help="print exactly one JSON object keyed by objective name")
+    tk.add_seed(p)
+    tk.add_device(p)
+    tk.add_json(p, "print exactly one JSON object keyed by objective name")
     p.add_argument("--csv", default=None, metavar="FILE",
                    help="also write the table to this CSV file")
 
