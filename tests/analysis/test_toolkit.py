@@ -1,4 +1,4 @@
-"""The toolkit of a trained VAE (issue 11): generation, manifolds, attribute vectors, imputation.
+"""What a trained VAE is for: generation, manifolds, attribute vectors, imputation, representation.
 
 Library functions are tested on small model/guide pairs (trained on digits for a few seconds, or
 with closed-form answers); the CLI subcommands on a tiny digits run."""
