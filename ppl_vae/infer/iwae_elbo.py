@@ -54,8 +54,7 @@ class IWAE_ELBO(RenyiELBO):
             strict_enumeration_warning=strict_enumeration_warning,
         )
 
-    @staticmethod
-    def _check_reparameterized(guide_trace):
+    def _check_reparameterized(self, guide_trace):
         for name, site in guide_trace.nodes.items():
             if (
                 site["type"] == "sample"
@@ -64,7 +63,7 @@ class IWAE_ELBO(RenyiELBO):
                 and not is_reparameterized_latent(site)
             ):
                 raise NotImplementedError(
-                    f"{type(guide_trace).__name__}: guide site {name!r} is not reparameterizable; "
+                    f"{type(self).__name__}: guide site {name!r} is not reparameterizable; "
                     "importance-weighted bounds here need reparameterized latents (use rws)"
                 )
 
