@@ -1,4 +1,5 @@
-"""``ppl-vae grad-variance``: gradient-estimator statistics at a trained run's parameters."""
+"""``ppl-vae grad-variance``: gradient-estimator statistics at a trained run's parameters
+(:func:`ppl_vae.analysis.gradient_variance.run_gradient_statistics`)."""
 
 from __future__ import annotations
 
@@ -54,9 +55,7 @@ def _print_table(frame, header: str) -> None:
 
 
 def run(args) -> int:
-    import torch
-
-    from ppl_vae.analysis.gradient_variance import gradient_statistics, statistics_frame
+    from ppl_vae.analysis.gradient_variance import run_gradient_statistics, statistics_frame
     from ppl_vae.errors import ConfigError
     from ppl_vae.infer.objectives import parse_objective_list
     from ppl_vae.io.reporting import json_safe, resolve_device
@@ -67,18 +66,10 @@ def run(args) -> int:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
     run_ = load_run(args.run, map_location=str(device), checkpoint=args.checkpoint)
-    data = run_.split(args.split)
-    gen = torch.Generator().manual_seed(args.seed)
-    x = data[torch.randperm(data.shape[0], generator=gen)[: args.batch_size]].to(device)
-    warmup_data = (run_.split("train") if args.split != "train" else data).to(device)
-    model, guide = run_.model.to(device), run_.guide.to(device)
-    model.train(), guide.train()
-    # the run's own objective resumes with its trained modules (e.g. score-nn's baseline)
-    saved = run_.checkpoint.get("objective_modules") or {}
-    states = {run_.config.objective: saved} if saved else None
-    results = gradient_statistics(model, guide, x, names, draws=args.draws, seed=args.seed,
-                                  num_particles=args.particles, warmup=args.warmup,
-                                  warmup_data=warmup_data, objective_states=states)
+    results, x = run_gradient_statistics(run_, names, draws=args.draws, split=args.split,
+                                         batch_size=args.batch_size, seed=args.seed,
+                                         num_particles=args.particles, warmup=args.warmup,
+                                         device=device)
     frame = statistics_frame(results)
     if args.csv:
         frame.to_csv(args.csv, index=False)
