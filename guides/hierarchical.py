@@ -24,7 +24,8 @@ Both sample every z_l with the reparameterization trick, so ``trace``, ``tracegr
 Analytic KL (``meanfield``): Pyro's :class:`~pyro.infer.TraceMeanField_ELBO` is exact only if no
 latent's parents in the model are its descendants in the guide. The top-down guide satisfies this
 for any L (it has the model's dependency structure); the bottom-up guide only for L = 1 (z1's
-model parent z2 is sampled *from* z1 in the guide). ``supports_analytic_kl`` says which.
+model parent z2 is sampled *from* z1 in the guide); the builder
+(:func:`ppl_vae.training.builders.build_model_and_guide`) refuses the other case.
 """
 
 from __future__ import annotations
@@ -83,7 +84,6 @@ class BottomUpGuide(PyroModule):
         self.layers = nn.ModuleList(layers)
         self.latent_dims = tuple(layer.dim for layer in layers)
         self.sites = tuple(latent_site(level) for level in range(1, len(layers) + 1))
-        self.supports_analytic_kl = len(layers) == 1
 
     @classmethod
     def mlp(cls, x_dim: int, latent_dims: Sequence[int], hidden: Sequence[int] = (200, 200),
@@ -123,8 +123,6 @@ class TopDownGuide(PyroModule):
     (mu^_l, sigma^_l) = h_l(d_l). Call as ``guide(x, num_data=None)``; sites ``"zL"``, ...,
     ``"z1"``.
     """
-
-    supports_analytic_kl = True
 
     def __init__(self, model: HierarchicalVAE, encoders: Sequence[nn.Module],
                  heads: Sequence[GaussianConditional]):

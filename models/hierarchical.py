@@ -259,7 +259,3 @@ class HierarchicalVAE(PyroModule):
             for level in range(self.depth - 1, 0, -1):
                 z = pyro.sample(self.sites[level - 1], self.conditional(level, z))
             return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
-
-    def decode(self, z1: torch.Tensor) -> torch.Tensor:
-        """E[x | z1]: the decoder's mean image(s) for bottom-layer code(s) ``z1``."""
-        return self.likelihood.mean(self.decoder(z1))

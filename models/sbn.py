@@ -59,7 +59,3 @@ class SigmoidBeliefNetwork(PyroModule):
         with data_plate(n, num_data, device=self.prior_logits.device):
             z = pyro.sample("z", self.prior())
             return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """E[x | z] = sigmoid(f_theta(z)) for binary latent code(s) ``z``."""
-        return self.likelihood.mean(self.decoder(z.to(self.prior_logits.dtype)))

@@ -61,7 +61,3 @@ class VAEModel(PyroModule):
         with data_plate(n, num_data, device=self._zero.device):
             z = pyro.sample("z", self.prior())
             return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """E[x | z]: the decoder's mean image(s) for latent code(s) ``z``."""
-        return self.likelihood.mean(self.decoder(z))

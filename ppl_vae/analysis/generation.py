@@ -33,7 +33,9 @@ from ppl_vae.poutine.trace import latent_values, site_mean
 
 __all__ = ["sample_images", "reconstruct", "interpolate", "impute_pseudo_gibbs", "encode", "decode",
            "latent_sites", "top_latent", "prior_quantiles", "manifold", "traverse",
-           "attribute_direction", "apply_attribute", "slerp"]
+           "attribute_direction", "apply_attribute", "slerp", "site_dim", "INTERPOLATIONS"]
+
+INTERPOLATIONS = ("linear", "slerp")
 
 
 def _observed_fn(tr, obs_site):
@@ -145,8 +147,9 @@ def interpolate(model, guide, x_start, x_end, steps: int = 8, obs_site: str = "x
     site is interpolated. Codes: the guide's sample (default) or its mean (``mean=True``). One row
     per (start, end) pair; returns ``(pairs, steps, D)``.
     """
-    if method not in ("linear", "slerp"):
-        raise ConfigError(f"unknown interpolation method {method!r}; choose linear or slerp")
+    if method not in INTERPOLATIONS:
+        raise ConfigError(f"unknown interpolation method {method!r}; choose "
+                          f"{' or '.join(INTERPOLATIONS)}")
     if int(steps) < 2:
         raise ConfigError(f"steps must be >= 2, got {steps}")
     z0, z1 = encode(guide, x_start, mean=mean), encode(guide, x_end, mean=mean)
@@ -160,9 +163,6 @@ def interpolate(model, guide, x_start, x_end, steps: int = 8, obs_site: str = "x
     return torch.stack(out, dim=1)
 
 
-# ------------------------------------------------------------------------------------------
-# latent manifolds and traversals
-# ------------------------------------------------------------------------------------------
 def _icdf(fn, u: torch.Tensor) -> torch.Tensor:
     """Per-dimension quantiles of a factorized latent distribution at probabilities ``u``
     (shape ``(G, J)``); NotImplementedError when the family has no icdf."""
@@ -202,7 +202,8 @@ def prior_quantiles(model, guide, x_ref, site: str, steps: int, lo: float = 0.05
     return torch.quantile(codes.double(), u.squeeze(-1).double(), dim=0).to(value.dtype)
 
 
-def _site_dim(model, guide, x, site) -> int:
+def site_dim(model, guide, x, site) -> int:
+    """The number of coordinates of latent site ``site`` (the guide's code of ``x[:1]``)."""
     z = encode(guide, x[:1], mean=True)
     if site not in z:
         raise ConfigError(f"the guide has no latent site {site!r}; it has {sorted(z)}")
@@ -218,7 +219,7 @@ def manifold(model, guide, x_ref, steps: int = 15, site: str | None = None,
     lower latents of a hierarchical model take the means of their conditionals. Returns
     ``(steps * steps, D)``; :class:`ConfigError` when the site is not 2-dimensional."""
     site = site or top_latent(model, guide, x_ref[:2])
-    j = _site_dim(model, guide, x_ref, site)
+    j = site_dim(model, guide, x_ref, site)
     if j != 2:
         raise ConfigError(f"a 2-D manifold needs a 2-dimensional latent, but site {site!r} has "
                           f"{j} dimensions; traverse chosen dimensions instead (--dims 0,1 "
@@ -240,7 +241,7 @@ def traverse(model, guide, x_point, dims, steps: int = 9, site: str | None = Non
     if x_point.dim() != 2 or x_point.shape[0] != 1:
         raise DataError(f"x_point must have shape (1, D), got {tuple(x_point.shape)}")
     site = site or top_latent(model, guide, x_point)
-    j = _site_dim(model, guide, x_point, site)
+    j = site_dim(model, guide, x_point, site)
     dims = [int(d) for d in dims]
     if not dims or any(d < 0 or d >= j for d in dims):
         raise ConfigError(f"latent dimensions {dims} out of range: site {site!r} has {j} "
@@ -262,9 +263,6 @@ def traverse(model, guide, x_point, dims, steps: int = 9, site: str | None = Non
     return decode(model, {site: z}, obs_site)
 
 
-# ------------------------------------------------------------------------------------------
-# attribute vectors
-# ------------------------------------------------------------------------------------------
 @torch.no_grad()
 def attribute_direction(guide, x, has_attribute) -> dict:
     """Per latent site: mean posterior-mean code of the examples with the attribute minus that of

@@ -54,6 +54,8 @@ from ppl_vae.poutine.trace import latent_sites, latent_values, trainable_tensors
 __all__ = [
     "GROUPS",
     "gradient_statistics",
+    "run_gradient_statistics",
+    "fixed_minibatch",
     "statistics_frame",
     "parameter_groups",
     "has_discrete_latents",
@@ -374,3 +376,36 @@ def statistics_frame(results: dict[str, dict]) -> pd.DataFrame:
         row.update({k: r.get(k) for k in STAT_KEYS})
         rows.append(row)
     return pd.DataFrame(rows, columns=["objective", "applicable", *STAT_KEYS])
+
+
+def fixed_minibatch(data: torch.Tensor, batch_size: int, seed: int = 0) -> torch.Tensor:
+    """``batch_size`` points of ``data`` drawn without replacement by a generator seeded with
+    ``seed`` (the same points for the same seed, whatever the global RNG state)."""
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    gen = torch.Generator().manual_seed(int(seed))
+    return data[torch.randperm(data.shape[0], generator=gen)[: int(batch_size)]]
+
+
+def run_gradient_statistics(run, objectives: Sequence[str], draws: int = 100, *,
+                            split: str = "train", batch_size: int = 64, seed: int = 0,
+                            num_particles: int | None = None, warmup: int | None = None,
+                            device=None) -> tuple[dict[str, dict], torch.Tensor]:
+    """:func:`gradient_statistics` at a trained run's parameters (a
+    :class:`~ppl_vae.training.runs.Run`), on a :func:`fixed_minibatch` of its ``split``; baselines
+    warm up on the training split, and the run's own objective resumes with its trained modules
+    (e.g. ``score-nn``'s baseline). Returns the statistics and the minibatch. What ``ppl-vae
+    grad-variance`` runs."""
+    data = run.split(split)
+    x = fixed_minibatch(data, batch_size, seed)
+    warmup_data = run.split("train") if split != "train" else data
+    if device is not None:
+        x, warmup_data = x.to(device), warmup_data.to(device)
+        run.model.to(device), run.guide.to(device)
+    run.model.train(), run.guide.train()
+    saved = run.checkpoint.get("objective_modules") or {}
+    states = {run.config.objective: saved} if saved else None
+    results = gradient_statistics(run.model, run.guide, x, objectives, draws=draws, seed=seed,
+                                  num_particles=num_particles, warmup=warmup,
+                                  warmup_data=warmup_data, objective_states=states)
+    return results, x

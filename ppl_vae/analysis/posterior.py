@@ -50,7 +50,7 @@ from ppl_vae.poutine.plates import data_plate
 from ppl_vae.poutine.trace import latent_sites, particle_plate, per_point, plate_nesting
 
 __all__ = ["PosteriorSamples", "nuts_posterior", "guide_samples", "LocalGaussianGuide",
-           "fit_local_guide", "GapResult", "inference_gaps"]
+           "fit_local_guide", "GapResult", "inference_gaps", "PosteriorCheck", "check_posterior"]
 
 
 def _one_point(x) -> torch.Tensor:
@@ -307,3 +307,48 @@ def mixture_importance_sampling(model, proposals, x, num_samples: int) -> torch.
         log_w.append(log_p - (torch.logsumexp(torch.stack(lq), 0) - math.log(m)))
     lw = torch.cat(log_w).reshape(-1)
     return (torch.logsumexp(lw, 0) - math.log(lw.numel())).reshape(1)
+
+
+@dataclass
+class PosteriorCheck:
+    """One data point: ``posterior`` (the NUTS run), ``nuts`` and ``guide`` (S, total latent dim)
+    draws of p(z | x) and of q(z | x), all latent sites concatenated, and ``gaps``
+    (:func:`inference_gaps`, or ``None``)."""
+
+    posterior: PosteriorSamples
+    nuts: torch.Tensor
+    guide: torch.Tensor
+    gaps: GapResult | None = None
+
+    def summary(self) -> dict:
+        """Diagnostics (R-hat, ESS, divergences), the two distributions' means and standard
+        deviations, and the gaps' :meth:`GapResult.summary` where computed."""
+        ps = self.posterior
+        row = {"r_hat_max": ps.r_hat_max, "ess_bulk_min": ps.ess_bulk_min,
+               "ess_tail_min": float(ps.summary["ess_tail"].min()),
+               "divergences": int(sum(ps.divergences)), "nuts_seconds": ps.seconds,
+               "posterior_mean": self.nuts.mean(0), "posterior_sd": self.nuts.std(0),
+               "guide_mean": self.guide.mean(0), "guide_sd": self.guide.std(0)}
+        if self.gaps is not None:
+            row.update(self.gaps.summary())
+        return row
+
+
+def check_posterior(model, guide, x, num_samples: int = 500, warmup: int = 300,
+                    chains: int = 2, seed: int = 0, gaps: bool = True, gap_samples: int = 5000,
+                    gap_steps: int = 1000, progress: bool = False) -> PosteriorCheck:
+    """The amortized guide against the exact posterior at one data point ``x`` (shape (1, D)):
+    :func:`nuts_posterior` (chains started at the guide's mean), as many draws of the guide
+    (:func:`guide_samples`), and with ``gaps`` the :func:`inference_gaps` (``gap_samples``
+    importance samples, ``gap_steps`` SVI steps for q*). What ``ppl-vae posterior`` runs per
+    index."""
+    ps = nuts_posterior(model, x, num_samples=num_samples, warmup=warmup, chains=chains,
+                        guide=guide, seed=seed, progress=progress)
+    nuts = ps.flat()
+    draws = guide_samples(guide, x, nuts.shape[0])
+    q = torch.cat([v.reshape(v.shape[0], -1) for v in draws.values()], -1)
+    result = None
+    if gaps:
+        result = inference_gaps(model, guide, x, num_samples=gap_samples, steps=gap_steps,
+                                seed=seed)
+    return PosteriorCheck(ps, nuts, q, result)

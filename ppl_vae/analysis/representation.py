@@ -17,11 +17,14 @@ r"""What the encoder learned: latent codes as a representation.
   means, which would make S singular and the KL meaningless. An autoencoder's code has no reason
   to be near N(0, I) at all (no prior), which the number shows.
 * :func:`pca_2d` — a 2-D principal-component projection for the scatter plots.
+* :func:`evaluate_representation` — all of the above for one guide (what ``ppl-vae embed``
+  reports); :func:`label_rate` — the share of images a k-NN pixel classifier gives a label.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,7 +32,8 @@ import torch
 from ppl_vae.analysis.generation import encode
 from ppl_vae.errors import DataError
 
-__all__ = ["posterior_means", "aggregate_samples", "knn_accuracy", "normality", "pca_2d"]
+__all__ = ["posterior_means", "aggregate_samples", "knn_accuracy", "normality", "pca_2d",
+           "RepresentationReport", "evaluate_representation", "label_rate"]
 
 
 @torch.no_grad()
@@ -95,3 +99,43 @@ def pca_2d(z) -> tuple[np.ndarray, np.ndarray]:
     _, sv, vt = np.linalg.svd(c, full_matrices=False)
     ratio = sv ** 2 / (sv ** 2).sum()
     return c @ vt[:2].T, ratio[:2]
+
+
+@dataclass
+class RepresentationReport:
+    """``codes``: (N, J) posterior means of the scored split; ``knn_accuracy``; ``stats``: the
+    :func:`normality` statistics of its aggregate-posterior draws."""
+
+    codes: torch.Tensor
+    knn_accuracy: float
+    stats: dict
+
+    def summary(self) -> dict:
+        """``latent_dim``, ``n``, ``knn_accuracy``, ``normality`` (= ``kl_to_prior``) and every
+        normality statistic."""
+        return {"latent_dim": int(self.codes.shape[1]), "n": int(self.codes.shape[0]),
+                "knn_accuracy": self.knn_accuracy, "normality": self.stats["kl_to_prior"],
+                **self.stats}
+
+
+def evaluate_representation(guide, x_train, y_train, x, y, neighbors: int = 5,
+                            draws: int = 10) -> RepresentationReport:
+    """The guide's codes as a representation (module docstring): the posterior means of ``x``,
+    the accuracy of a ``neighbors``-NN classifier fitted on the codes of ``x_train`` (labels
+    ``y_train``) and scored on those of ``x`` (labels ``y``), and the normality of ``draws``
+    aggregate-posterior draws per point of ``x``. What ``ppl-vae embed`` reports per run."""
+    z_train = posterior_means(guide, x_train).cpu()
+    z = posterior_means(guide, x).cpu()
+    stats = normality(aggregate_samples(guide, x, draws=draws).cpu().numpy())
+    return RepresentationReport(z, knn_accuracy(z_train, y_train, z, y, neighbors), stats)
+
+
+def label_rate(images, x_train, y_train, label: int, neighbors: int = 5) -> float:
+    """The fraction of ``images`` (N, D) that a ``neighbors``-NN classifier fitted on the
+    training pixels ``x_train`` (labels ``y_train``) assigns to class ``label``: how far decoded
+    images (e.g. moved along an attribute vector) look like that class."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    clf = KNeighborsClassifier(n_neighbors=int(neighbors)).fit(np.asarray(x_train),
+                                                               np.asarray(y_train))
+    return float(np.mean(clf.predict(np.asarray(images)) == label))

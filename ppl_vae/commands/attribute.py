@@ -4,7 +4,8 @@ direction = mean posterior-mean code of the *training* examples with the attribu
 == ``--attribute``) minus that of those without; ``--split`` examples without the attribute are
 decoded at z + alpha * direction for each alpha (one row per example). ``--json`` also reports,
 per alpha, the fraction of decoded images that a 5-nearest-neighbour classifier fitted on the
-training pixels assigns to the attribute's class (a figure to compare: it should rise with
+training pixels assigns to the attribute's class
+(:func:`ppl_vae.analysis.representation.label_rate`) (a figure to compare: it should rise with
 alpha).
 """
 
@@ -26,11 +27,10 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import numpy as np
     import torch
-    from sklearn.neighbors import KNeighborsClassifier
 
     from ppl_vae.analysis.generation import apply_attribute, attribute_direction
+    from ppl_vae.analysis.representation import label_rate
     from ppl_vae.errors import ConfigError, DataError
     from ppl_vae.io.plots import save_image_grid
 
@@ -59,8 +59,7 @@ def run(args) -> int:
                                 + ", ".join(f"{a:g}" for a in alphas)),
           file=__import__("sys").stderr if args.json else None)
     if args.json:
-        clf = KNeighborsClassifier(n_neighbors=5).fit(ds.train.numpy(), y_train.numpy())
-        rate = [float(np.mean(clf.predict(imgs[:, k].cpu().numpy()) == args.attribute))
+        rate = [label_rate(imgs[:, k].cpu(), ds.train, y_train, args.attribute)
                 for k in range(len(alphas))]
         tk.emit_json({
             "attribute": args.attribute, "split": args.split, "num_examples": int(idx.numel()),

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ppl_vae.commands import options as tk
+
 NAME = "compare-estimators"
 HELP = ("train one model per objective (gradient estimator) from the same initial weights and "
         "seed; write a tidy CSV and plots (variance, ELBO vs steps and vs seconds)")
@@ -40,10 +42,9 @@ def add_arguments(p):
     p.add_argument("--particles", type=int, default=None, metavar="L",
                    help="particles per step for names without a -K suffix (default: each "
                         "objective's own)")
-    p.add_argument("--seed", type=int, default=0, metavar="SEED", help="random seed (default 0)")
-    p.add_argument("--split", default="valid", metavar="SPLIT",
-                   help="split the ELBO and log-likelihood are measured on (default valid: "
-                        "monitoring during training leaves the test split alone)")
+    tk.add_seed(p)
+    tk.add_split(p, "valid", "split the ELBO and log-likelihood are measured on (default valid: "
+                 "monitoring during training leaves the test split alone)")
     p.add_argument("--limit", type=int, default=1000, metavar="N",
                    help="evaluation points (default 1000; 0 = the whole split)")
     p.add_argument("--eval-every", type=int, default=None, metavar="S",
@@ -54,10 +55,8 @@ def add_arguments(p):
                    help="gradient draws for the variance at the initial weights (default 50)")
     p.add_argument("--warmup", type=int, default=None, metavar="N",
                    help="baseline warm-up draws before measuring the variance (default 300)")
-    p.add_argument("--device", default="cpu", metavar="DEVICE",
-                   help="torch device, e.g. cpu (default) or cuda")
-    p.add_argument("--json", action="store_true",
-                   help="print the summary as one JSON list on stdout")
+    tk.add_device(p)
+    tk.add_json(p, "print the summary as one JSON list on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from ppl_vae.training.distributed import add_arguments as add_distributed_arguments
 

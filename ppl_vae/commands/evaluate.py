@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from ppl_vae.commands import add_checkpoint_argument
+from ppl_vae.commands import options as tk
 
 NAME = "evaluate"
 HELP = ("estimate log p(x) of a trained run with the ELBO, naive Monte Carlo, importance sampling "
@@ -36,10 +36,9 @@ CSV_COLUMNS = (
 
 def add_arguments(p):
     from ppl_vae.marginal import ESTIMATORS
+    from ppl_vae.marginal.common import AIS_SCHEDULES
 
-    p.add_argument("--run", required=True, metavar="DIR",
-                   help="run directory written by `ppl-vae train`")
-    add_checkpoint_argument(p)
+    tk.add_run(p)
     p.add_argument("--estimator", required=True, choices=tuple(ESTIMATORS),
                    help="; ".join(f"{k}: {v}" for k, v in ESTIMATORS.items()))
     p.add_argument("--samples", "-k", type=int, required=True, metavar="K",
@@ -48,18 +47,15 @@ def add_arguments(p):
                    help="estimate the model evidence log p(X) of the whole split (all --limit "
                         "points together; for models with global latents), not log p(x) per "
                         "point")
-    p.add_argument("--split", default="test", metavar="SPLIT",
-                   help="data split: train, valid or test (default)")
+    tk.add_split(p)
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="evaluate only the first N points of the split")
-    p.add_argument("--json", action="store_true",
-                   help="print exactly one JSON object on stdout (progress goes to stderr)")
+    tk.add_json(p, "print exactly one JSON object on stdout (progress goes to stderr)")
     p.add_argument("--per-point", default=None, metavar="FILE",
                    help="also write a CSV with one row per data point (index in the split, "
                         "log_likelihood, stderr, ess, pareto_k, ...)")
-    p.add_argument("--seed", type=int, default=0, metavar="SEED", help="random seed (default 0)")
-    p.add_argument("--device", default="cpu", metavar="DEVICE",
-                   help="torch device, e.g. cpu (default) or cuda")
+    tk.add_seed(p)
+    tk.add_device(p)
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="data points per chunk (default: sized to bound memory)")
     p.add_argument("--particle-chunk", type=int, default=None, metavar="K",
@@ -73,7 +69,7 @@ def add_arguments(p):
                    help="initial HMC step size, adapted towards 65%% acceptance (default 0.05)")
     g.add_argument("--init", choices=("guide", "prior"), default="guide",
                    help="initial distribution of the chains (default guide)")
-    g.add_argument("--schedule", choices=("sigmoid", "geometric", "linear"), default="sigmoid",
+    g.add_argument("--schedule", choices=AIS_SCHEDULES, default="sigmoid",
                    help="spacing of the temperatures beta (default sigmoid, Wu et al. 2017)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from ppl_vae.training.distributed import add_arguments as add_distributed_arguments

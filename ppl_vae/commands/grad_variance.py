@@ -1,11 +1,12 @@
-"""``ppl-vae grad-variance``: gradient-estimator statistics at a trained run's parameters."""
+"""``ppl-vae grad-variance``: gradient-estimator statistics at a trained run's parameters
+(:func:`ppl_vae.analysis.gradient_variance.run_gradient_statistics`)."""
 
 from __future__ import annotations
 
 import json
 import math
 
-from ppl_vae.commands import add_checkpoint_argument
+from ppl_vae.commands import options as tk
 
 NAME = "grad-variance"
 HELP = ("variance, SNR, agreement with a reference (cosine) and cost of each objective's "
@@ -16,28 +17,23 @@ def add_arguments(p):
     from ppl_vae.infer.objectives import comparison_objectives
 
     default = ",".join(comparison_objectives())
-    p.add_argument("--run", required=True, metavar="DIR",
-                   help="run directory written by `ppl-vae train`")
-    add_checkpoint_argument(p)
+    tk.add_run(p)
     p.add_argument("--objectives", default=default, metavar="LIST",
                    help=f"comma-separated registered objectives (default {default})")
     p.add_argument("--draws", type=int, default=100, metavar="G",
                    help="independent gradient estimates per objective (default 100)")
     p.add_argument("--batch-size", type=int, default=64, metavar="B",
                    help="size of the fixed minibatch the gradients are taken on (default 64)")
-    p.add_argument("--split", default="train", metavar="SPLIT",
-                   help="split the minibatch is drawn from (default train: the gradients are "
-                        "those of the training objective)")
+    tk.add_split(p, "train", "split the minibatch is drawn from (default train: the gradients "
+                 "are those of the training objective)")
     p.add_argument("--particles", type=int, default=None, metavar="L",
                    help="particles per estimate for names without a -K suffix (default: each "
                         "objective's own)")
     p.add_argument("--warmup", type=int, default=None, metavar="N",
                    help="warm-up draws for objectives with baselines (default 300)")
-    p.add_argument("--seed", type=int, default=0, metavar="SEED", help="random seed (default 0)")
-    p.add_argument("--device", default="cpu", metavar="DEVICE",
-                   help="torch device, e.g. cpu (default) or cuda")
-    p.add_argument("--json", action="store_true",
-                   help="print exactly one JSON object keyed by objective name")
+    tk.add_seed(p)
+    tk.add_device(p)
+    tk.add_json(p, "print exactly one JSON object keyed by objective name")
     p.add_argument("--csv", default=None, metavar="FILE",
                    help="also write the table to this CSV file")
 
@@ -59,9 +55,7 @@ def _print_table(frame, header: str) -> None:
 
 
 def run(args) -> int:
-    import torch
-
-    from ppl_vae.analysis.gradient_variance import gradient_statistics, statistics_frame
+    from ppl_vae.analysis.gradient_variance import run_gradient_statistics, statistics_frame
     from ppl_vae.errors import ConfigError
     from ppl_vae.infer.objectives import parse_objective_list
     from ppl_vae.io.reporting import json_safe, resolve_device
@@ -72,18 +66,10 @@ def run(args) -> int:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
     run_ = load_run(args.run, map_location=str(device), checkpoint=args.checkpoint)
-    data = run_.split(args.split)
-    gen = torch.Generator().manual_seed(args.seed)
-    x = data[torch.randperm(data.shape[0], generator=gen)[: args.batch_size]].to(device)
-    warmup_data = (run_.split("train") if args.split != "train" else data).to(device)
-    model, guide = run_.model.to(device), run_.guide.to(device)
-    model.train(), guide.train()
-    # the run's own objective resumes with its trained modules (e.g. score-nn's baseline)
-    saved = run_.checkpoint.get("objective_modules") or {}
-    states = {run_.config.objective: saved} if saved else None
-    results = gradient_statistics(model, guide, x, names, draws=args.draws, seed=args.seed,
-                                  num_particles=args.particles, warmup=args.warmup,
-                                  warmup_data=warmup_data, objective_states=states)
+    results, x = run_gradient_statistics(run_, names, draws=args.draws, split=args.split,
+                                         batch_size=args.batch_size, seed=args.seed,
+                                         num_particles=args.particles, warmup=args.warmup,
+                                         device=device)
     frame = statistics_frame(results)
     if args.csv:
         frame.to_csv(args.csv, index=False)

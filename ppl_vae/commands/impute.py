@@ -1,9 +1,10 @@
 """``ppl-vae impute``: fill in missing pixels with samples of p(x_miss | x_obs).
 
-Method: importance resampling with the guide (:mod:`ppl_vae.marginal.imputation`, which explains the
-choice). ``--json`` prints one object: ``vae_error`` (MSE on the missing pixels of the VAE's
-conditional mean E[x_miss | x_obs]), ``baseline_error`` (the same for the per-pixel training
-mean), ``pseudo_gibbs_error`` (Rezende et al.'s iteration, for comparison), and the conditional
+Method: importance resampling with the guide (:mod:`ppl_vae.marginal.imputation`, which explains
+the choice), scored by :func:`ppl_vae.analysis.imputation.evaluate_imputation`. ``--json`` prints
+one object: ``vae_error`` (MSE on the missing pixels of the VAE's conditional mean
+E[x_miss | x_obs]), ``baseline_error`` (the same for the per-pixel training mean),
+``pseudo_gibbs_error`` (Rezende et al.'s iteration, for comparison), and the conditional
 log-likelihoods log p(x_miss | x_obs) of the VAE (``vae_log_likelihood``, importance sampling)
 and of the independent per-pixel-mean Bernoulli baseline, in nats per data point.
 """
@@ -27,13 +28,8 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import math
-
-    import torch
-
-    from ppl_vae.analysis.generation import impute_pseudo_gibbs as pseudo_gibbs
-    from ppl_vae.io.plots import save_image_grid
-    from ppl_vae.marginal.imputation import impute, missing_mask
+    from ppl_vae.analysis.imputation import evaluate_imputation, imputation_figure
+    from ppl_vae.marginal.imputation import missing_mask
 
     n_show = tk.positive(args.num, "--num")
     k = tk.positive(args.samples, "--samples")
@@ -47,47 +43,20 @@ def run(args) -> int:
     shape = r.dataset.image_shape
     observed = missing_mask(x.shape[0], shape, args.missing, seed=args.seed).to(device)
     train_mean = r.dataset.train.mean(0).to(device)
-    res = impute(r.model, r.guide, x, observed, k, fill=train_mean)
-    miss = ~observed
-    vae_err = float(((res.mean - x) ** 2)[miss].mean())
-    base_fill = torch.where(observed, x, train_mean)
-    base_err = float(((base_fill - x) ** 2)[miss].mean())
-    torch.manual_seed(args.seed)
-    pg = pseudo_gibbs(r.model, r.guide, x, observed, iterations=20)
-    pg_err = float(((pg - x) ** 2)[miss].mean())
-    # the per-pixel-mean baseline as a predictive density (Bernoulli data only)
-    base_ll = None
-    if getattr(getattr(r.model, "likelihood", None), "binary", False):
-        p = train_mean.clamp(1e-3, 1 - 1e-3).expand_as(x)
-        ll = torch.where(x > 0.5, p.log(), (1 - p).log())
-        base_ll = float((ll * miss).sum(-1).mean())
-
-    m = min(n_show, x.shape[0])
-    shown_obs = torch.where(observed[:m], x[:m], torch.full_like(x[:m], 0.5))
-    draws = [res.samples[:m]]
-    for _ in range(2):
-        draws.append(impute(r.model, r.guide, x[:m], observed[:m], k,
-                                       fill=train_mean).samples)
-    rows = [x[:m], shown_obs, res.mean[:m], *draws, base_fill[:m]]
-    labels = ["data", "observed", "E[x_miss|x_obs]", "draw 1", "draw 2", "draw 3", "mean fill"]
-    path = save_image_grid(torch.cat(rows).cpu(), shape, out, ncol=m, row_labels=labels,
-                           title=f"imputation ({args.missing} missing; grey = missing)")
-    summary = {
-        "method": res.method, "missing": args.missing, "split": args.split, "n": x.shape[0],
-        "samples": k, "missing_fraction": float(miss.float().mean()),
-        "vae_error": vae_err, "baseline_error": base_err, "pseudo_gibbs_error": pg_err,
-        "vae_log_likelihood": float(res.log_likelihood.mean()),
-        "vae_log_likelihood_stderr": float(res.log_likelihood.std() / math.sqrt(x.shape[0]))
-        if x.shape[0] > 1 else None,
-        "baseline_log_likelihood": base_ll,
-        "ess_mean": float(res.ess.mean()), "ess_min": float(res.ess.min()), "out": str(path),
-    }
+    ev = evaluate_imputation(r.model, r.guide, x, observed, train_mean, k, seed=args.seed)
+    path = imputation_figure(r.model, r.guide, ev, x, observed, train_mean, shape, out,
+                             num=n_show,
+                             title=f"imputation ({args.missing} missing; grey = missing)")
+    s = ev.summary()
+    summary = {"method": s.pop("method"), "missing": args.missing, "split": args.split, **s,
+               "out": str(path)}
     if args.json:
         tk.emit_json(summary)
     else:
+        base_ll = summary["baseline_log_likelihood"]
         print(path)
-        print(f"{args.missing}: MSE on missing pixels  VAE {vae_err:.4f}  mean fill "
-              f"{base_err:.4f}  pseudo-Gibbs {pg_err:.4f};  log p(x_miss|x_obs) "
-              f"{summary['vae_log_likelihood']:.3f} nats"
+        print(f"{args.missing}: MSE on missing pixels  VAE {ev.vae_error:.4f}  mean fill "
+              f"{ev.baseline_error:.4f}  pseudo-Gibbs {ev.pseudo_gibbs_error:.4f};  "
+              f"log p(x_miss|x_obs) {summary['vae_log_likelihood']:.3f} nats"
               + (f" (mean-fill Bernoulli {base_ll:.3f})" if base_ll is not None else ""))
     return 0

@@ -9,8 +9,10 @@ HELP = "decode paths (linear or slerp) between the latent codes of pairs of inpu
 
 
 def add_arguments(p):
+    from ppl_vae.analysis.generation import INTERPOLATIONS
+
     tk.add_common(p, num=8, num_help="number of pairs (inputs 0..N-1 paired with N..2N-1)")
-    p.add_argument("--method", choices=("linear", "slerp"), default="linear",
+    p.add_argument("--method", choices=INTERPOLATIONS, default="linear",
                    help="straight line (default) or spherical interpolation")
     p.add_argument("--steps", type=int, default=10, metavar="S",
                    help="images per strip, endpoints included (default 10)")

@@ -28,7 +28,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ppl_vae.analysis.generation import _site_dim, manifold, top_latent, traverse
+    from ppl_vae.analysis.generation import manifold, site_dim, top_latent, traverse
     from ppl_vae.errors import ConfigError
     from ppl_vae.io.plots import save_image_grid
 
@@ -39,7 +39,7 @@ def run(args) -> int:
     r, device = tk.load(args)
     x = tk.data(r, args, device)
     site = top_latent(r.model, r.guide, x[:2])
-    j = _site_dim(r.model, r.guide, x, site)
+    j = site_dim(r.model, r.guide, x, site)
     mode = args.mode if args.mode != "auto" else ("grid" if j == 2 else "traverse")
     if mode == "grid":
         imgs = manifold(r.model, r.guide, x, steps=args.steps, site=site)

@@ -1,6 +1,6 @@
-"""Shared options and helpers of the toolkit subcommands (sample, reconstruct, interpolate,
-manifold, attribute, impute, posterior, embed): ``--run``, ``--out``, ``--split``, ``--seed``,
-``--device``, ``--json``, ``-n/--num``; loading a run with one-line errors."""
+"""The options the subcommands share, defined once: ``--run``, ``--checkpoint``, ``--out``,
+``--split``, ``--seed``, ``--device``, ``--json``, ``-n/--num``; loading a run with one-line
+errors, and parsing lists of numbers."""
 
 from __future__ import annotations
 
@@ -8,27 +8,62 @@ import json
 from pathlib import Path
 
 
+def add_checkpoint(p) -> None:
+    """``--checkpoint best|last`` for commands that load a run
+    (:func:`ppl_vae.training.runs.load_run`)."""
+    from ppl_vae.training.runs import CHECKPOINTS
+
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best",
+                   help="best: the epoch with the best validation ELBO (best.pt; default, falls "
+                        "back to checkpoint.pt); last: the last epoch (checkpoint.pt)")
+
+
+def add_run(p, *, repeat: bool = False) -> None:
+    """``--run DIR`` (``repeat``: one or more) and ``--checkpoint``."""
+    if repeat:
+        p.add_argument("--run", required=True, action="append", metavar="DIR",
+                       help="run directory (repeat --run for several runs, shown side by side)")
+    else:
+        p.add_argument("--run", required=True, metavar="DIR",
+                       help="run directory written by `ppl-vae train`")
+    add_checkpoint(p)
+
+
+def add_split(p, default: str = "test", help: str | None = None) -> None:
+    p.add_argument("--split", default=default, metavar="SPLIT",
+                   help=help or f"data split: train, valid or test (default {default})")
+
+
+def add_seed(p) -> None:
+    p.add_argument("--seed", type=int, default=0, metavar="SEED", help="random seed (default 0)")
+
+
+def add_device(p) -> None:
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="torch device, e.g. cpu (default) or cuda")
+
+
+def add_json(p, help: str = "print exactly one JSON object on stdout") -> None:
+    p.add_argument("--json", action="store_true", help=help)
+
+
 def add_common(p, *, out_help="output PNG file", split=True, json_flag=False, num=None,
                num_help="number of images"):
-    from ppl_vae.commands import add_checkpoint_argument
-
-    p.add_argument("--run", required=True, metavar="DIR",
-                   help="run directory written by `ppl-vae train`")
-    add_checkpoint_argument(p)
+    """What the toolkit commands (sample, reconstruct, interpolate, manifold, attribute, impute,
+    posterior) share: ``--run``, ``--checkpoint``, ``--out``, ``--split``, ``--seed``,
+    ``--device``, ``-n/--num`` and ``--json`` (the last two where asked for)."""
+    add_run(p)
     p.add_argument("--out", required=True, metavar="FILE.png" if "PNG" in out_help else "DIR",
                    help=out_help)
     if split:
-        p.add_argument("--split", default="test", metavar="SPLIT",
-                       help="data split: train, valid or test (default)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    p.add_argument("--device", default="cpu", metavar="DEV",
-                   help="torch device, e.g. cpu (default) or cuda")
+        add_split(p)
+    add_seed(p)
+    add_device(p)
     if num is not None:
         p.add_argument("-n", "--num", type=int, default=num, metavar="N",
                        help=f"{num_help} (default {num})")
     if json_flag:
-        p.add_argument("--json", action="store_true",
-                       help="print exactly one JSON object on stdout")
+        add_json(p)
 
 
 def positive(value, flag: str) -> int:

@@ -1,10 +1,10 @@
 """``ppl-vae posterior``: NUTS samples of p(z | x_I) next to the guide's q(z | x_I), ArviZ
 diagnostics, and the approximation / amortization gaps (Cremer, Li & Duvenaud 2018).
 
-See :mod:`ppl_vae.analysis.posterior`. The figure shows, per index, a 2-D scatter (2-D latent) or
-the
-marginals of the first coordinates (more dims; all latent sites concatenated). ``--json`` prints
-one object: per point ``log_px``, ``elbo_amortized``, ``elbo_optimized``,
+See :func:`ppl_vae.analysis.posterior.check_posterior`. The figure
+(:func:`ppl_vae.io.plots.plot_posterior_comparison`) shows, per index, a 2-D scatter (2-D latent)
+or the marginals of the first coordinates (more dims; all latent sites concatenated). ``--json``
+prints one object: per point ``log_px``, ``elbo_amortized``, ``elbo_optimized``,
 ``approximation_gap``, ``amortization_gap``, ``r_hat_max``, ``ess_bulk_min``; and their means.
 """
 
@@ -35,53 +35,13 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _figure(points, path, split):
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from ppl_vae.io.plots import save_figure
-
-    dim = points[0]["nuts"].shape[-1]
-    n = len(points)
-    if dim == 2:
-        fig, axes = plt.subplots(1, n, figsize=(4 * n, 4), squeeze=False)
-        for ax, pt in zip(axes[0], points):
-            a, b = pt["nuts"].numpy(), pt["guide"].numpy()
-            ax.scatter(b[:, 0], b[:, 1], s=3, alpha=0.3, color="tab:orange", label="q(z|x) guide")
-            ax.scatter(a[:, 0], a[:, 1], s=3, alpha=0.3, color="tab:blue", label="p(z|x) NUTS")
-            ax.set_xlabel("z[0]"), ax.set_ylabel("z[1]")
-            ax.set_title(pt["title"], fontsize=9)
-        axes[0][0].legend(loc="best", fontsize=8, markerscale=3)
-    else:
-        cols = min(dim, 6)
-        fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.2 * n), squeeze=False)
-        for r, pt in enumerate(points):
-            for c in range(cols):
-                ax = axes[r][c]
-                a, b = pt["nuts"][:, c].numpy(), pt["guide"][:, c].numpy()
-                lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
-                bins = np.linspace(lo, hi, 40)
-                ax.hist(a, bins, density=True, alpha=0.5, color="tab:blue", label="NUTS p(z|x)")
-                ax.hist(b, bins, density=True, histtype="step", color="tab:orange", lw=1.5,
-                        label="guide q(z|x)")
-                ax.set_yticks([])
-                ax.set_title(f"z[{c}]" + (f"   {pt['title']}" if c == 0 else ""), fontsize=8,
-                             loc="left")
-        axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"posterior of {split} points: NUTS (blue) vs amortized guide (orange)",
-                 fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
 def run(args) -> int:
     import math
     import sys
 
-    import torch
-
-    from ppl_vae.analysis.posterior import guide_samples, inference_gaps, nuts_posterior
+    from ppl_vae.analysis.posterior import check_posterior
     from ppl_vae.errors import ConfigError
+    from ppl_vae.io.plots import plot_posterior_comparison
 
     for flag, v in (("--samples", args.samples), ("--num-samples", args.num_samples),
                     ("--chains", args.chains), ("--gap-steps", args.gap_steps)):
@@ -94,31 +54,22 @@ def run(args) -> int:
     idx = [tk.check_index(i, x.shape[0]) for i in tk.int_list(args.index, "--index")]
     points, rows = [], []
     for i in idx:
-        xi = x[i:i + 1]
-        ps = nuts_posterior(r.model, xi, num_samples=args.num_samples, warmup=args.warmup,
-                            chains=args.chains, guide=r.guide, seed=args.seed,
-                            progress=not args.no_progress)
-        nuts = ps.flat()
-        draws = guide_samples(r.guide, xi, nuts.shape[0])
-        guide = torch.cat([v.reshape(v.shape[0], -1) for v in draws.values()], -1)
-        row = {"index": i, "r_hat_max": ps.r_hat_max, "ess_bulk_min": ps.ess_bulk_min,
-               "ess_tail_min": float(ps.summary["ess_tail"].min()),
-               "divergences": int(sum(ps.divergences)), "nuts_seconds": ps.seconds,
-               "posterior_mean": nuts.mean(0), "posterior_sd": nuts.std(0),
-               "guide_mean": guide.mean(0), "guide_sd": guide.std(0)}
-        title = f"{args.split}[{i}]  R-hat {ps.r_hat_max:.3f}, ESS {ps.ess_bulk_min:.0f}"
+        check = check_posterior(r.model, r.guide, x[i:i + 1], num_samples=args.num_samples,
+                                warmup=args.warmup, chains=args.chains, seed=args.seed,
+                                gaps=not args.no_gap, gap_samples=args.samples,
+                                gap_steps=args.gap_steps, progress=not args.no_progress)
+        row = {"index": i, **check.summary()}
+        title = f"{args.split}[{i}]  R-hat {row['r_hat_max']:.3f}, ESS {row['ess_bulk_min']:.0f}"
         if not args.no_gap:
-            gaps = inference_gaps(r.model, r.guide, xi, num_samples=args.samples,
-                                  steps=args.gap_steps, seed=args.seed)
-            s = gaps.summary()
-            row.update(s)
-            title += f"\napprox. gap {s['approximation_gap']:.2f}, amort. gap " \
-                     f"{s['amortization_gap']:.2f} nats"
+            title += f"\napprox. gap {row['approximation_gap']:.2f}, amort. gap " \
+                     f"{row['amortization_gap']:.2f} nats"
         rows.append(row)
-        points.append({"nuts": nuts.cpu(), "guide": guide.cpu(), "title": title})
+        points.append({"nuts": check.nuts.cpu(), "guide": check.guide.cpu(), "title": title})
         if not args.no_progress:
             print(f"{args.split}[{i}]: done", file=sys.stderr)
-    path = _figure(points, out, args.split)
+    path = plot_posterior_comparison(
+        points, out, title=f"posterior of {args.split} points: NUTS (blue) vs amortized guide "
+                           "(orange)")
     summary = {"run": str(args.run), "split": args.split, "index": idx,
                "chains": args.chains, "num_samples": args.num_samples, "warmup": args.warmup,
                "samples": args.samples, "gap_steps": args.gap_steps, "points": rows,

@@ -6,7 +6,7 @@ and guide touched — but keeps *one* ``torch.optim.Adam`` (the fused implementa
 one) over all
 parameters instead of one optimizer per parameter tensor, and captures the parameter set once
 instead of tracing ``pyro.param`` statements on every step. That is where the ~2 ms/step of
-Pyro's SVI overhead goes (see ``benchmarks/training_speed.py``).
+Pyro's SVI overhead goes (see ``benchmarks/speed.py --only train``).
 
 Works with any Pyro model/guide pair. The optimized tensors are found on the first step: the
 candidates are the values of traced ``param`` statements (:class:`~pyro.nn.PyroModule`,

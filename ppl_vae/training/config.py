@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 
 from ppl_vae.errors import ConfigError
 
-__all__ = ["TrainConfig", "NOISE_TYPES"]
-
-NOISE_TYPES = ("masking", "gaussian")
+__all__ = ["TrainConfig"]
 
 
 def _int_tuple(value, name) -> tuple[int, ...]:
@@ -108,6 +106,8 @@ class TrainConfig:
             from ppl_vae.training.user_models import normalize_spec
 
             self.model = normalize_spec(self.model)
+        from ppl_vae.guides.point import NOISE_TYPES
+
         if self.noise_type not in NOISE_TYPES:
             raise ConfigError(f"unknown noise type {self.noise_type!r}; choose one of "
                               f"{', '.join(NOISE_TYPES)}")

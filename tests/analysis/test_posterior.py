@@ -11,6 +11,7 @@ from pairs import LinearGaussian
 
 from ppl_vae.analysis.posterior import (
     LocalGaussianGuide,
+    check_posterior,
     guide_samples,
     inference_gaps,
     nuts_posterior,
@@ -115,3 +116,21 @@ def test_same_seed_same_numbers():
     p = nuts_posterior(case.lg.model, x, num_samples=15, warmup=10, chains=2, seed=3)
     q = nuts_posterior(case.lg.model, x, num_samples=15, warmup=10, chains=2, seed=3)
     assert torch.equal(p.samples["z"], q.samples["z"]) and p.samples["z"].shape == (2, 15, 2)
+
+
+def test_check_posterior_puts_nuts_beside_the_guide():
+    case = DiagonalPosteriorCase()
+    x = case.lg.marginal().sample((1,)) + 1.0
+    check = check_posterior(case.lg.model, case.guide, x, num_samples=20, warmup=10, chains=2,
+                            seed=3, gap_samples=100, gap_steps=10)
+    assert check.nuts.shape == check.guide.shape == (40, 2)
+    assert torch.equal(check.nuts, nuts_posterior(case.lg.model, x, num_samples=20, warmup=10,
+                                                  chains=2, guide=case.guide, seed=3).flat())
+    row = check.summary()
+    assert {"r_hat_max", "ess_bulk_min", "divergences", "guide_mean", "posterior_sd",
+            "approximation_gap", "amortization_gap", "log_px"} <= set(row)
+    mean, _ = case.lg.posterior(x)
+    assert torch.allclose(row["guide_mean"], case.shrink * mean[0], atol=0.5)
+    no_gaps = check_posterior(case.lg.model, case.guide, x, num_samples=5, warmup=5, chains=1,
+                              gaps=False)
+    assert no_gaps.gaps is None and "log_px" not in no_gaps.summary()

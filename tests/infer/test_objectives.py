@@ -100,3 +100,20 @@ def test_unknown_objective_and_bad_particles():
         make_objective("trace", num_particles=0)
     with pytest.raises(ConfigError, match="needs at least 1 particles, got 0"):
         make_objective("iwae-0")
+
+
+@pytest.mark.parametrize("name,cls", [("iwae-3", "IWAE_ELBO"), ("dreg-3", "DReG_ELBO")])
+def test_importance_weighted_bounds_refuse_a_discrete_guide_by_their_own_name(name, cls):
+    import pyro.distributions as dist
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Bernoulli(0.5 * torch.ones(2)).to_event(1))
+            pyro.sample("x", dist.Normal(z.sum(-1), 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Bernoulli(0.5 * torch.ones(2)).to_event(1))
+
+    with pytest.raises(NotImplementedError, match=f"^{cls}: guide site 'z' is not reparam"):
+        make_objective(name).loss(model, guide, torch.zeros(4))

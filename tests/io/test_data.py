@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_vae import DataError, load_dataset
+import ppl_vae
+from ppl_vae import DataError, load_dataset, train
 
 
 def test_digits_split_is_documented_and_fixed():
@@ -137,3 +138,34 @@ def test_torchvision_sources_on_a_tiny_local_idx_file(tmp_path, name, folder):
 def test_torchvision_source_missing_without_download(tmp_path):
     with pytest.raises(DataError, match=r"mnist: not found under"):
         load_dataset("mnist", root=tmp_path, download=False)
+
+
+def test_grey_data_is_binarized_afresh_each_minibatch(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    grey = {k: rng.uniform(0.2, 0.8, size=(n, 16)).astype(np.float32)
+            for k, n in (("train", 40), ("valid", 10), ("test", 10))}
+    path = tmp_path / "grey.npz"
+    np.savez(path, **grey)
+    seen = []
+    orig = ppl_vae.infer.svi.SVI.step
+
+    def spy(self, xb, **kw):
+        seen.append(xb.clone())
+        return orig(self, xb, **kw)
+
+    monkeypatch.setattr(ppl_vae.infer.svi.SVI, "step", spy)
+    res = train(data=str(path), latent_dims=(2,), hidden=(8,), batch_size=40, epochs=2,
+                progress=False, reports=False)
+    assert len(seen) == 2 and all(((s == 0) | (s == 1)).all() for s in seen)
+    # the same 40 points in both epochs (one batch each, permuted): rows sorted by their grey
+    # values differ between the two binarizations in many pixels
+    assert 0.2 < (seen[0].sum() / seen[0].numel()).item() < 0.8
+    assert not torch.equal(seen[0].sum(0), seen[1].sum(0))
+    x_valid = res.dataset.split_for("valid", res.model.likelihood)
+    assert torch.equal(x_valid, res.dataset.split_for("valid", res.model.likelihood))  # static
+    assert ((x_valid == 0) | (x_valid == 1)).all()
+
+
+def test_mnist_dynamic_without_the_files_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="mnist: not found under"):
+        load_dataset("mnist-dynamic", root=tmp_path, download=False)

@@ -664,7 +664,7 @@ print(base, rss())
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB on Linux")
 def test_k5000_on_mnist_sized_model_stays_well_under_4gb():
-    # The binarized-MNIST setting of the issue (D = 784, K = 5000, a 784-500-500-50 VAE) on 16
+    # The binarized-MNIST setting of the README (D = 784, K = 5000, a 784-500-500-50 VAE) on 16
     # points = two full default chunks (8 points x 5000 samples each); every further chunk reuses
     # the same memory, so 10,000 points peak at the same RSS. Measured: +~450 MB over the
     # ~650 MB of the imported libraries. Bound asserted: +1.5 GB, and 4 GB in total.

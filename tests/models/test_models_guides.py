@@ -134,8 +134,8 @@ def _every_objective():
 @pytest.mark.parametrize("name", _every_objective())
 def test_fast_bernoulli_gives_the_same_loss_and_gradients_for_every_objective(name):
     """LogitBernoulli's two-pass log-density is the stock one on {0, 1}: the same loss and
-    gradients to 1e-5 in float64, for every registered objective (issue 9's fast/generic check
-    for the one piece of the shipped model that was rewritten for speed)."""
+    gradients to 1e-5 in float64, for every registered objective (the fast/generic check for the
+    one piece of the shipped model that was rewritten for speed)."""
     from ppl_vae.infer.objectives import make_objective
 
     x = torch.bernoulli(torch.full((N, D), 0.3), generator=torch.Generator().manual_seed(1))

@@ -1,4 +1,5 @@
-"""Initialisation of the VAE's networks (issue 10, item 2: the 2-layer model's start).
+"""Initialisation of the VAE's networks (:mod:`ppl_vae.training.initialization`; what makes the
+2-layer model start well).
 
 Facts checked: a reset GaussianConditional is exactly N(loc, scale^2) for any parent and still
 learns its dependence on the parent; a 2-layer pair with ``prior_init="standard"`` has, sample
@@ -142,7 +143,7 @@ def test_resume_under_another_initialisation_is_refused(tiny_digits, tmp_path):
     assert res.config.weight_init == "burda" and len(res.metrics) == 2
 
 
-def test_bad_initialisation_names_are_one_line_errors(capsys):
+def test_bad_initialisation_names_are_one_line_errors(capsys, tmp_path):
     with pytest.raises(ConfigError, match="unknown prior_init 'zero'"):
         TrainConfig(prior_init="zero")
     with pytest.raises(ConfigError, match="unknown weight_init 'he'"):
@@ -150,7 +151,7 @@ def test_bad_initialisation_names_are_one_line_errors(capsys):
     with pytest.raises(ConfigError, match="unknown weight_init 'glorot\\+he'"):
         TrainConfig(weight_init="glorot+he")
     assert TrainConfig(weight_init="unit-scale+glorot").weight_init == "unit-scale+glorot"
-    assert main(["train", "--data", "digits", "--out", "/tmp/never-written",
+    assert main(["train", "--data", "digits", "--out", str(tmp_path / "never-written"),
                  "--prior-init", "zero"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "prior_init" in err[0]
