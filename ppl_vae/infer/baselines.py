@@ -56,10 +56,15 @@ def _downstream_shape(batch_shape) -> torch.Size:
     return torch.Size(shape)
 
 
-def _data_dim(msg, num_points: int) -> int:
+def _data_dim(msg, num_points: int) -> int | None:
     """The batch dim of the data plate at a site: the vectorized plate with one entry per data
-    point (the one named "data" where several have that size)."""
+    point (the one named "data" where several have that size), else a plate without a size
+    (``pyro.plate("data")``); ``None`` for a global site, in no such plate."""
     frames = [f for f in msg["cond_indep_stack"] if f.vectorized and f.size == num_points]
+    if not frames:
+        frames = [f for f in msg["cond_indep_stack"] if f.vectorized and f.size in (None, -1)]
+        if not frames:
+            return None
     if len(frames) > 1:
         frames = [f for f in frames if f.name == "data"] or frames[:0]
     if len(frames) != 1:
@@ -180,6 +185,9 @@ class BaselineMessenger(Messenger):
             def nn_baseline(inputs, _net=net, _msg=msg):
                 out = _net(inputs)
                 dim = _data_dim(_msg, out.shape[0])
+                if dim is None:  # a global site: no per-point baseline, the average alone
+                    shape = _downstream_shape(_msg["fn"].batch_shape)
+                    return out.new_zeros(shape)
                 out = (_msg["scale"] * out.reshape(out.shape + (1,) * (-1 - dim)))
                 out = out.expand(_msg["fn"].batch_shape)
                 return out.reshape(_downstream_shape(out.shape))

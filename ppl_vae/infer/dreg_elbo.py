@@ -144,11 +144,26 @@ class DReG_ELBO(IWAE_ELBO):
             for value, shape in sites:
                 if not value.requires_grad:
                     continue
-                if shape.numel() != w.numel():
+                w_event = _weight_view(w, shape, value.dim())
+                if w_event is None:
                     raise NotImplementedError(
                         "DReG_ELBO: every latent site must share the plates of the log-weights "
-                        f"(site batch shape {tuple(shape)} vs weights {tuple(w.shape)})"
+                        f"or only the particle plate (site batch shape {tuple(shape)} vs "
+                        f"weights {tuple(w.shape)})"
                     )
-                # the site's batch shape may hold size-1 dims of plates it is not in
-                w_event = w.reshape(shape + (1,) * (value.dim() - len(shape)))
                 value.register_hook(lambda grad, w_event=w_event: grad * w_event)
+
+
+def _weight_view(w, shape, value_dim: int):
+    """The normalized weights ``w`` viewed to broadcast against a latent value of batch
+    ``shape``: element for element where the site shares the weights' plates (its batch shape
+    may hold size-1 dims of plates it is not in), else broadcast over the site's further plates
+    (a site in an inner plate, or weights per particle only: a global site, or plates not shared
+    by every site); None where the shapes do not line up."""
+    if shape.numel() == w.numel():
+        return w.reshape(shape + (1,) * (value_dim - len(shape)))
+    if w.numel() == 1:
+        return w.reshape(())
+    if tuple(shape[:w.dim()]) == tuple(w.shape):  # the site is in further plates
+        return w.reshape(tuple(w.shape) + (1,) * (value_dim - w.dim()))
+    return None

@@ -133,11 +133,25 @@ class Objective:
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """-objective estimate (a float); accumulates the gradient estimate into ``.grad``."""
-        return self.elbo.loss_and_grads(model, self.wrap_guide(guide), *args, **kwargs)
+        try:
+            return self.elbo.loss_and_grads(model, self.wrap_guide(guide), *args, **kwargs)
+        except KeyError as exc:
+            raise self._model_only_site(exc) from None
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         """-objective estimate, without gradients."""
-        return self.elbo.loss(model, self.wrap_guide(guide), *args, **kwargs)
+        try:
+            return self.elbo.loss(model, self.wrap_guide(guide), *args, **kwargs)
+        except KeyError as exc:
+            raise self._model_only_site(exc) from None
+
+    def _model_only_site(self, exc: KeyError) -> Exception:
+        """Pyro's ELBOs look up every model latent in the guide trace: one line instead."""
+        name = exc.args[0] if exc.args else "?"
+        return ConfigError(
+            f"objective {self.name!r}: the model's latent site {name!r} has no guide site; "
+            "give the guide one, or mark it for enumeration (config_enumerate) and use the "
+            "'enum' objective")
 
 
 @dataclass(frozen=True)

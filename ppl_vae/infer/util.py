@@ -14,7 +14,7 @@ from pyro.poutine.messenger import Messenger
 from torch import nn
 
 from ppl_vae.infer.importance import log_weights
-from ppl_vae.poutine.trace import is_latent, is_observed
+from ppl_vae.poutine.trace import is_latent, is_observed, param_site_tensors
 
 __all__ = [
     "detached_parameters",
@@ -34,36 +34,38 @@ class _DetachParams(Messenger):
 
 
 @contextmanager
-def detached_parameters(guide, *others):
-    """Within the block, ``guide`` computes its distributions from *detached* parameters.
+def detached_parameters(guide, *others, trace=None):
+    """Within the block, ``guide`` computes its distributions from parameters held fixed.
 
-    Two mechanisms, covering the usual ways a Pyro program holds parameters: every parameter of
-    the :class:`torch.nn.Module` under the handlers of ``guide`` and of each of ``others``
-    (``poutine.unwrap``; e.g. the model, whose conditionals a top-down guide may share) is
-    swapped for a detached alias of the same storage and restored afterwards; and the values of
-    ``pyro.param`` statements are detached by an effect handler. Yields the guide to call
-    (wrapped by that handler).
+    Every tensor the guide can be trained through is switched to ``requires_grad=False`` for the
+    duration of the block and switched back afterwards: the parameters of the
+    :class:`torch.nn.Module` under the handlers of ``guide`` and of each of ``others``
+    (``poutine.unwrap``; e.g. the model, whose conditionals a top-down guide may share), and the
+    tensors the ``param`` sites of ``trace`` (the guide's trace) record
+    (:func:`~ppl_vae.poutine.trace.param_site_tensors`): ``pyro.param`` values and the module
+    parameters behind ``pyro.module`` in a function-style guide, which Pyro's examples use.
+    Values of ``param`` statements are also detached by an effect handler. Yields the guide to
+    call (wrapped by that handler).
     """
-    saved, seen = [], set()
+    tensors: dict[int, torch.Tensor] = {}
     for fn in (guide, *others):
         root = poutine.unwrap(fn)
-        if not isinstance(root, nn.Module):
-            continue
-        for module in root.modules():
-            for name, param in module._parameters.items():
-                if param is not None and (id(module), name) not in seen:
-                    seen.add((id(module), name))
-                    saved.append((module, name, param))
+        if isinstance(root, nn.Module):
+            tensors.update((id(p), p) for p in root.parameters())
+    if trace is not None:
+        for t in param_site_tensors(trace):
+            tensors.setdefault(id(t), t)
+    frozen = [t for t in tensors.values() if torch.is_tensor(t) and t.is_leaf and t.requires_grad]
     try:
-        for module, name, param in saved:
-            module._parameters[name] = param.detach()
+        for t in frozen:
+            t.requires_grad_(False)
         with warnings.catch_warnings():
-            # pyro.module (global param store mode) notes that detached tensors are not stored
+            # pyro.module (global param store mode) notes that frozen tensors are not stored
             warnings.filterwarnings("ignore", message=".*not registered in the param store")
             yield _DetachParams()(guide)
     finally:
-        for module, name, param in saved:
-            module._parameters[name] = param
+        for t in frozen:
+            t.requires_grad_(True)
 
 
 def is_reparameterized_latent(site) -> bool:
@@ -84,16 +86,16 @@ def rescore_with_detached_parameters(guide, guide_trace, args, kwargs, model=Non
     (Roeder et al. 2017). The site's ``score_parts`` become ``(log_prob, 0, log_prob)``: a fully
     reparameterized entropy term. Costs one more forward pass of the guide.
 
-    Restriction: the guide's parameters must live in the :class:`torch.nn.Module` it is (under
-    any effect handlers) or come from ``pyro.param``; parameters reached otherwise (e.g. a
-    module captured in a plain function's closure) are not detached, and those keep the ordinary
-    reparameterized gradient (still unbiased for STL).
+    The guide's parameters are found as :func:`detached_parameters` finds them: the module it
+    is, ``pyro.module`` and ``pyro.param`` statements in its trace. A tensor reached in no such
+    way (a module captured in a closure and never declared) keeps the ordinary reparameterized
+    gradient.
     """
     names = [name for name, site in guide_trace.nodes.items() if is_reparameterized_latent(site)]
     if not names:
         return
     others = () if model is None else (model,)
-    with detached_parameters(guide, *others) as frozen_guide:
+    with detached_parameters(guide, *others, trace=guide_trace) as frozen_guide:
         replayed = poutine.trace(poutine.replay(frozen_guide, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
