@@ -48,6 +48,15 @@ class RunReport(Callback):
     def on_train_end(self, result) -> None:
         if result.run_dir is None or not len(result.metrics):
             return
+        from ppl_vae.io.provenance import declared
+
+        source = {"run": str(result.run_dir), "run_id": result.run_id,
+                  "checkpoint": "checkpoint.pt", "checkpoint_id": result.checkpoint_id,
+                  "epochs_done": int(result.metrics.epoch.iloc[-1])}
+        with declared(source):
+            self._report(result)
+
+    def _report(self, result) -> None:
         if self.figures:
             save_run_figures(result.model, result.guide, result.dataset, result.run_dir,
                              result.config.seed)

@@ -30,8 +30,10 @@ CSV_COLUMNS = (
     "pareto_k_mean", "num_unreliable", "pareto_k_threshold", "log_weight_var_mean", "seconds",
     "seed", "limit", "device", "peak_rss_mb", "cuda_peak_mb",
     "num_steps", "num_leapfrog", "init", "schedule", "acceptance_rate", "step_size",
-    "checkpoint", "epochs_done",
+    "checkpoint", "epochs_done", "run_id", "checkpoint_id",
 )
+INTEGER_COLUMNS = ("num_samples", "n", "num_dims", "num_unreliable", "seed", "limit",
+                   "num_steps", "num_leapfrog", "epochs_done")
 
 
 def add_arguments(p):
@@ -123,7 +125,13 @@ def write_per_point(result, path) -> None:
 def run(args) -> int:
     import torch
 
-    from ppl_vae.io.reporting import append_csv, json_safe, peak_rss_mb, resolve_device
+    from ppl_vae.io.reporting import (
+        append_csv,
+        check_same_run,
+        json_safe,
+        peak_rss_mb,
+        resolve_device,
+    )
     from ppl_vae.training import distributed
     from ppl_vae.training.runs import load_run
 
@@ -132,6 +140,7 @@ def run(args) -> int:
     run_dir = Path(args.run)
     r = load_run(run_dir, map_location=str(device), checkpoint=args.checkpoint)
     r.model.to(device), r.guide.to(device)
+    check_same_run(run_dir / CSV_NAME, r.run_id)
     x = r.split(args.split)
     if args.limit is not None:
         x = x[: args.limit]
@@ -147,13 +156,14 @@ def run(args) -> int:
     row = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "run": str(run_dir),
            "split": args.split, **summary, "seed": args.seed, "limit": args.limit,
            "device": str(device), "peak_rss_mb": round(peak_rss_mb(), 1),
-           "checkpoint": args.checkpoint, "epochs_done": int(r.checkpoint.get("epochs_done", 0))}
+           "checkpoint": args.checkpoint, "epochs_done": int(r.checkpoint.get("epochs_done", 0)),
+           "run_id": r.run_id, "checkpoint_id": r.checkpoint_id}
     if device.type == "cuda":
         row["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     if args.estimator != "ais":
         for key in ("num_steps", "num_leapfrog", "init", "schedule"):
             row.pop(key, None)
-    append_csv(run_dir / CSV_NAME, row, CSV_COLUMNS)
+    append_csv(run_dir / CSV_NAME, row, CSV_COLUMNS, integers=INTEGER_COLUMNS)
     warning = None
     if summary["num_unreliable"]:
         warning = (f"warning: Pareto k-hat > {summary['pareto_k_threshold']} for "

@@ -62,6 +62,9 @@ def add_arguments(p):
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (created if missing)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt with its config (epochs may be raised)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="OUT holds a run: archive all of it (evaluation.csv included) into "
+                        "OUT/.old-<timestamp>/ and train a new one")
     p.add_argument("--device", default="cpu", metavar="DEVICE",
                    help="torch device for data and parameters, e.g. cpu (default) or cuda")
     p.add_argument("--json", action="store_true",
@@ -86,11 +89,12 @@ def run(args) -> int:
     device = resolve_device(args.device)
     try:
         report = RunReport()
-        result = train(out=out, resume=args.resume, progress=not args.no_progress,
-                       device=device, callbacks=[report], **overrides_from(args))
-    except KeyboardInterrupt:
+        result = train(out=out, resume=args.resume, overwrite=args.overwrite,
+                       progress=not args.no_progress, device=device, callbacks=[report],
+                       **overrides_from(args))
+    except KeyboardInterrupt as exc:
         saved = ("the last epoch's checkpoint is kept" if distributed.world_size() > 1
-                 else "checkpoint saved")
+                 else str(exc) if "checkpoint" in str(exc) else "checkpoint saved")
         if distributed.is_main():
             print(f"\ninterrupted: {saved} in {out}; continue with "
                   f"`ppl-vae train --out {out} --resume`", file=sys.stderr)
