@@ -52,6 +52,9 @@ def main(argv=None) -> int:
         return 1 if isinstance(exc, DistributedError) else 2
 
 
+_PLAIN_FORMATWARNING = __import__("warnings").formatwarning
+
+
 def _quiet_and_one_line(command: str) -> None:
     """Pyro's INFO lines (``Guessed max_plate_nesting = 2``) silenced; a
     :class:`~ppl_vae.errors.PplVaeWarning` printed as one ``ppl-vae CMD: warning: ...`` line."""
@@ -61,7 +64,7 @@ def _quiet_and_one_line(command: str) -> None:
     from ppl_vae.errors import PplVaeWarning
 
     logging.getLogger("pyro").setLevel(logging.WARNING)
-    plain = warnings.formatwarning
+    plain = _PLAIN_FORMATWARNING
 
     def formatwarning(message, category, filename, lineno, line=None):
         if issubclass(category, PplVaeWarning):

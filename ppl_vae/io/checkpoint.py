@@ -89,9 +89,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, garbage bytes, unpickling refused, ...
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
         raise CheckpointError(
-            f"{path}: corrupt or truncated checkpoint, cannot be read ({type(exc).__name__}: {exc})"
-        ) from exc
+            f"{path}: corrupt or truncated checkpoint, cannot be read ({type(exc).__name__}: "
+            f"{first[:160]})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a ppl_vae checkpoint")
     if payload.get("version") != VERSION:

@@ -376,9 +376,13 @@ def _save(loop: _Loop, run_dir, epochs_done, metrics, elapsed, position=None) ->
         target = run_dir / METRICS_NAME
         _write_metrics(payload["metrics"], target)
     except OSError as exc:
-        reason = f"{exc.strerror or exc} [errno {exc.errno}]" if exc.errno else str(exc)
-        raise CheckpointError(f"cannot write {target}: {reason}; {_kept(loop)}; free space or "
-                              f"fix the permissions, then continue with --resume") from None
+        raise _unwritable(target, exc, loop) from None
+
+
+def _unwritable(path, exc: OSError, loop: _Loop) -> CheckpointError:
+    reason = f"{exc.strerror or exc} [errno {exc.errno}]" if exc.errno else str(exc)
+    return CheckpointError(f"cannot write {path}: {reason}; {_kept(loop)}; free space or fix "
+                           "the permissions, then continue with --resume")
 
 
 def _load_data(config: TrainConfig) -> Dataset:
@@ -496,7 +500,11 @@ def _train(config, run_dir, resume, progress, dataset, callbacks, device, overri
                                                            dataset, device)
     config, dataset = loop.config, loop.dataset
     if run_dir is not None and main:
-        atomic_write_bytes(run_dir / "config.json", json.dumps(config.to_dict(), indent=2).encode())
+        try:
+            atomic_write_bytes(run_dir / "config.json",
+                               json.dumps(config.to_dict(), indent=2).encode())
+        except OSError as exc:
+            raise _unwritable(run_dir / "config.json", exc, loop) from None
 
     done = int((position or {}).get("step", 0)) if start_epoch < config.epochs else 0
     bar = tqdm(total=max(0, (config.epochs - start_epoch) * loop.steps_per_epoch - done),
