@@ -178,6 +178,15 @@ def run(args) -> int:
     return 0
 
 
+# what each estimator's number is: a bound is called a bound
+WHAT = {
+    "elbo": "ELBO (lower bound on log p(x)) =",
+    "is": "IS bound L_K on log p(x) (a lower bound in expectation; tightens as K grows) =",
+    "naive": "naive Monte Carlo estimate of log p(x) (a lower bound in expectation) =",
+    "ais": "AIS estimate of log p(x) (a lower bound in expectation) =",
+}
+
+
 def _fmt(v, spec=".3f"):
     missing = v is None or (isinstance(v, float) and not math.isfinite(v))
     return "n/a" if missing else format(v, spec)
@@ -191,7 +200,7 @@ def _print_human(row: dict, warning, csv_path) -> None:
         extra = (f"  (T={row['num_steps']}, {row['num_leapfrog']} leapfrog, init {row['init']}, "
                  f"{row['schedule']} schedule, acceptance {_fmt(row['acceptance_rate'], '.2f')})")
     print(f"estimator {row['estimator']}  K={row['num_samples']}{extra}")
-    print(f"log p(x) ~ {_fmt(row['log_likelihood'])} nats  (stderr over points "
+    print(f"{WHAT[row['estimator']]} {_fmt(row['log_likelihood'])} nats  (stderr over points "
           f"{_fmt(row['stderr'])}; Monte Carlo stderr {_fmt(row['mc_stderr'])})")
     print(f"bits/dim {_fmt(row['bits_per_dim'], '.4f')}")
     print(f"ESS mean {_fmt(row['ess_mean'], '.1f')}  min {_fmt(row['ess_min'], '.1f')}  "

@@ -40,6 +40,7 @@ def add_arguments(p):
                    help="print exactly one JSON object keyed by objective name")
     p.add_argument("--csv", default=None, metavar="FILE",
                    help="also write the table to this CSV file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _print_table(frame, header: str) -> None:
@@ -83,7 +84,8 @@ def run(args) -> int:
     states = {run_.config.objective: saved} if saved else None
     results = gradient_statistics(model, guide, x, names, draws=args.draws, seed=args.seed,
                                   num_particles=args.particles, warmup=args.warmup,
-                                  warmup_data=warmup_data, objective_states=states)
+                                  warmup_data=warmup_data, objective_states=states,
+                                  progress=not args.no_progress)
     frame = statistics_frame(results)
     if args.csv:
         frame.to_csv(args.csv, index=False)

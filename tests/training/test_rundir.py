@@ -118,3 +118,13 @@ def test_derived_files_name_their_checkpoint_and_a_foreign_csv_is_refused(tmp_pa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds rows of another run" in err
     assert len(pd.read_csv(b / "evaluation.csv")) == 1
+
+
+def test_the_readme_python_snippet_does_not_train_into_the_cli_main_job():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    cli = re.search(r"--epochs 30 --out (\S+)\s+# 3\. the main job", text).group(1)
+    python = re.findall(r'train\(TrainConfig\([^\n]*out="([^"]+)"', text)
+    assert python and cli not in python
