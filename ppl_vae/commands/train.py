@@ -93,11 +93,16 @@ def run(args) -> int:
                        progress=not args.no_progress, device=device, callbacks=[report],
                        **overrides_from(args))
     except KeyboardInterrupt as exc:
+        # the loop's message says what is on disk (ppl_vae.training.loop._kept)
         saved = ("the last epoch's checkpoint is kept" if distributed.world_size() > 1
                  else str(exc) if "checkpoint" in str(exc) else "checkpoint saved")
         if distributed.is_main():
-            print(f"\ninterrupted: {saved} in {out}; continue with "
-                  f"`ppl-vae train --out {out} --resume`", file=sys.stderr)
+            if saved.startswith("no checkpoint"):
+                print(f"\ninterrupted before the first checkpoint: nothing to resume in {out}",
+                      file=sys.stderr)
+            else:
+                print(f"\ninterrupted: {saved} in {out}; continue with "
+                      f"`ppl-vae train --out {out} --resume`", file=sys.stderr)
         return 130
     if not len(result.metrics) or not distributed.is_main():
         return 0
