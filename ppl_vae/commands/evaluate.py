@@ -94,7 +94,7 @@ def _check_args(args) -> None:
         if v is not None and v < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
     if not Path(args.run).exists():
-        raise ConfigError(f"run directory {args.run} does not exist")
+        raise ConfigError(f"--run {args.run}: no such run directory")
 
 
 def _options(args) -> dict:

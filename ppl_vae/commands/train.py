@@ -79,8 +79,25 @@ def overrides_from(args) -> dict:
     return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
 
 
+def _in_flags(exc, args):
+    """The same error, naming the flag the user typed instead of the config field
+    (``latent_dims must be ...`` -> ``--latent-dim must be ...``)."""
+    import re
+
+    message = str(exc)
+    several = "," in str(getattr(args, "cfg_latent_dims", "") or "")
+    for flag, (dest, _, _) in FLAGS.items():
+        if flag == ("--latent-dim" if several else "--latent-dims"):
+            continue  # latent_dims: the flag whose form the user typed
+        pattern = rf"^{re.escape(dest)}\b"
+        if re.match(pattern, message):
+            return type(exc)(re.sub(pattern, flag, message, count=1))
+    return exc
+
+
 def run(args) -> int:
     from ppl_vae.analysis.reports import RunReport
+    from ppl_vae.errors import ConfigError
     from ppl_vae.io.reporting import json_safe, resolve_device
     from ppl_vae.training import distributed
     from ppl_vae.training.loop import train
@@ -92,6 +109,8 @@ def run(args) -> int:
         result = train(out=out, resume=args.resume, overwrite=args.overwrite,
                        progress=not args.no_progress, device=device, callbacks=[report],
                        **overrides_from(args))
+    except ConfigError as exc:
+        raise _in_flags(exc, args) from None
     except KeyboardInterrupt as exc:
         # the loop's message says what is on disk (ppl_vae.training.loop._kept)
         saved = ("the last epoch's checkpoint is kept" if distributed.world_size() > 1

@@ -249,6 +249,8 @@ def load_run(run_dir, map_location="cpu", dataset: Dataset | None = None,
     ``"last"`` (``checkpoint.pt``); see :func:`checkpoint_path`."""
     from ppl_vae.training.loop import load_state
 
+    if not Path(run_dir).exists():
+        raise CheckpointError(f"{run_dir}: no such run directory")
     path = checkpoint_path(run_dir, checkpoint)
     try:
         payload = load_checkpoint(path, map_location=map_location)

@@ -128,3 +128,11 @@ def test_the_readme_python_snippet_does_not_train_into_the_cli_main_job():
     cli = re.search(r"--epochs 30 --out (\S+)\s+# 3\. the main job", text).group(1)
     python = re.findall(r'train\(TrainConfig\([^\n]*out="([^"]+)"', text)
     assert python and cli not in python
+
+
+@pytest.mark.parametrize("command", [["evaluate", "--estimator", "is", "--samples", "2"],
+                                     ["grad-variance"], ["sample", "--out", "x.png"]])
+def test_one_wording_for_a_missing_run_directory(tmp_path, capsys, command):
+    rc = main([command[0], "--run", tmp_path / "nope", *command[1:]])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "nope: no such run directory" in err, err
