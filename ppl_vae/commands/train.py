@@ -132,7 +132,9 @@ def run(args) -> int:
                                     float(result.metrics.seconds.sum()), "run": str(out),
                                     "active_units": units.counts, "latent_dims": units.dims,
                                     "best_epoch": result.best_epoch,
-                                    "stopped_early": result.stopped_early}),
+                                    "stopped_early": result.stopped_early,
+                                    "run_id": result.run_id,
+                                    "checkpoint_id": result.checkpoint_id}),
                          allow_nan=False))
         return 0
     print(f"epoch {int(last.epoch)}: train ELBO {last.train_elbo:.3f}, "

@@ -136,3 +136,10 @@ def test_one_wording_for_a_missing_run_directory(tmp_path, capsys, command):
     rc = main([command[0], "--run", tmp_path / "nope", *command[1:]])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "nope: no such run directory" in err, err
+
+
+def test_train_json_names_its_run_and_checkpoint(tmp_path, capsys):
+    assert main(["train", *TINY, "--out", tmp_path, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ck = load_checkpoint(tmp_path)
+    assert (out["run_id"], out["checkpoint_id"]) == (ck["run_id"], ck["checkpoint_id"])
