@@ -33,7 +33,8 @@ def save_run_figures(model, guide, dataset, run_dir, seed: int = 0) -> None:
         x = dataset.split_for("valid", getattr(model, "likelihood", None))[:16]
         rec = reconstruct(model, guide, x)
         save_image_grid(torch.cat([x, rec]), dataset.image_shape,
-                        run_dir / "reconstructions.png", ncol=16, row_labels=["data", "recon"])
+                        run_dir / "reconstructions.png", ncol=16, row_labels=["data", "recon"],
+                        title="valid split: data and E[x | z = E_q[z|x]] (last epoch)")
 
 
 class RunReport(Callback):

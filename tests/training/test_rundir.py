@@ -143,3 +143,18 @@ def test_train_json_names_its_run_and_checkpoint(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     ck = load_checkpoint(tmp_path)
     assert (out["run_id"], out["checkpoint_id"]) == (ck["run_id"], ck["checkpoint_id"])
+
+
+def test_train_figures_say_their_split(tiny_digits, tmp_path, monkeypatch):
+    from ppl_vae.io import plots
+
+    titles, real = {}, plots.save_image_grid
+
+    def spy(images, shape, path, *a, **k):
+        titles[path.name] = k.get("title")
+        return real(images, shape, path, *a, **k)
+
+    monkeypatch.setattr(plots, "save_image_grid", spy)
+    train(TrainConfig(**CFG), out=tmp_path, dataset=tiny_digits, progress=False)
+    assert "valid split" in titles["reconstructions.png"]
+    assert "p(z)" in titles["samples.png"]
