@@ -177,12 +177,41 @@ def _payload(config, model, guide, svi, epochs_done, metrics, elapsed, x_dim,
         "model": model.state_dict(),
         "guide": guide.state_dict(),
         "objective_modules": {k: m.state_dict() for k, m in svi.objective.modules.items()},
+        "objective_state": _objective_state(svi.objective),
         "optimizer": svi.state_dict(),
         "epochs_done": int(epochs_done),
         "metrics": [dict(r) for r in metrics],
         "elapsed": float(elapsed),
         "interrupted": bool(interrupted),
     }
+
+
+def _objective_state(objective) -> dict:
+    """What an objective keeps between steps outside its modules: the decaying-average
+    baselines of ``score-avg``/``score-nn`` (``elbo.averages``), so a resumed run goes on with
+    them instead of restarting them from zero; and the ``max_plate_nesting`` Pyro guessed (a
+    guess runs the model and guide once, drawing random numbers: guessed again on resume, it
+    would shift the resumed run's random stream)."""
+    elbo = getattr(objective, "elbo", None)
+    state = {}
+    averages = getattr(elbo, "averages", None)
+    if isinstance(averages, dict):
+        state["averages"] = dict(averages)
+    nesting = getattr(elbo, "max_plate_nesting", None)
+    if isinstance(nesting, int):
+        state["max_plate_nesting"] = int(nesting)
+    return state
+
+
+def _load_objective_state(objective, state: dict | None) -> None:
+    elbo = getattr(objective, "elbo", None)
+    state = state or {}
+    averages = getattr(elbo, "averages", None)
+    if isinstance(averages, dict) and "averages" in state:
+        averages.clear()
+        averages.update({k: v.clone() for k, v in state["averages"].items()})
+    if elbo is not None and "max_plate_nesting" in state and hasattr(elbo, "max_plate_nesting"):
+        elbo.max_plate_nesting = int(state["max_plate_nesting"])
 
 
 def load_state(model, guide, payload, source="checkpoint", objective_modules=None) -> None:
@@ -411,6 +440,7 @@ def _start(config, overrides, resume, run_dir, dataset, device):
         return loop, 0, [], 0.0, None
     load_state(loop.model, loop.guide, payload, str(ckpt_path), loop.svi.objective.modules)
     loop.svi.load_state_dict(payload.get("optimizer", {}))
+    _load_objective_state(loop.svi.objective, payload.get("objective_state"))
     loop.run_id = str(payload.get("run_id") or uuid.uuid4().hex[:12])
     epochs = int(payload.get("epochs_done", 0))
     position = payload.get("position")
