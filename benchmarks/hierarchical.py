@@ -102,7 +102,7 @@ def _trained(run_dir: Path, config: dict, dataset, args):
             res = train(out=run_dir, resume=True, dataset=dataset, progress=progress,
                         epochs=args.epochs)
             return res.model, res.guide, res.metrics
-    res = train(config, out=run_dir, dataset=dataset, progress=progress)
+    res = train(config, out=run_dir, dataset=dataset, progress=progress, overwrite=True)
     return res.model, res.guide, res.metrics
 
 

@@ -79,7 +79,7 @@ def _svi_curve(args, ds, latent, hidden, method, score) -> list[dict]:
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
         res = train({**cfg, "epochs": epoch}, out=run_dir, resume=epoch > 1, dataset=ds,
-                    progress=False, device=args.device, epochs=epoch)
+                    progress=False, device=args.device, epochs=epoch, overwrite=epoch == 1)
         res.model.eval(), res.guide.eval()
         rows.append({"method": method, "latent": latent, "n_train": len(ds.train),
                      "epoch": epoch, "points_seen": epoch * len(ds.train),

@@ -75,7 +75,7 @@ def run_config(name: str, ds: Dataset, args, out: Path) -> list[dict]:
     run_dir, rows = out / name, []
     for epoch in range(1, args.epochs + 1):
         res = train({**config, "epochs": epoch}, out=run_dir, resume=epoch > 1, dataset=ds,
-                    progress=False, epochs=epoch, device=args.device)
+                    progress=False, epochs=epoch, device=args.device, overwrite=epoch == 1)
         res.guide.eval()
         units = active_units(res.guide, ds.valid, num_samples=10, seed=args.seed)
         res.guide.train()

@@ -5,7 +5,7 @@ subclass of :class:`PplVaeError`, so the CLI can print one clear line instead of
 """
 
 __all__ = ["PplVaeError", "DataError", "ConfigError", "CheckpointError", "TrainingDivergedError",
-           "DistributedError"]
+           "DistributedError", "PplVaeWarning"]
 
 
 class PplVaeError(Exception):
@@ -31,3 +31,8 @@ class TrainingDivergedError(PplVaeError, FloatingPointError):
 class DistributedError(PplVaeError, RuntimeError):
     """A collective operation of a distributed run failed: another worker died, hung past the
     process group's timeout, or cannot be reached."""
+
+
+class PplVaeWarning(UserWarning):
+    """Something the user should know, though the command goes on (the CLI prints it as one
+    ``ppl-vae CMD: warning: ...`` line)."""

@@ -37,6 +37,7 @@ minibatch, which it never is in training).
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Iterable, Sequence
 
@@ -192,7 +193,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _measure(objective, model, guide, x, groups, draws, warmup, num_data, baseline_lr,
-             seed, warmup_data=None) -> dict:
+             seed, warmup_data=None, tick=lambda: None) -> dict:
     """Warm up the objective's state, then accumulate ``draws`` gradient estimates."""
     all_params, index = _group_index(groups)
     pyro.set_rng_seed(seed)
@@ -210,6 +211,7 @@ def _measure(objective, model, guide, x, groups, draws, warmup, num_data, baseli
             if warmup_data is not None:
                 xw = warmup_data[torch.randperm(warmup_data.shape[0], generator=gen)[: x.shape[0]]]
             objective.loss_and_grads(model, guide, xw, **step_kwargs)
+            tick()
             if modules:
                 if optim is None:  # lazy modules exist after the first call
                     module_params = [p for m in modules for p in m.parameters() if p.requires_grad]
@@ -234,6 +236,7 @@ def _measure(objective, model, guide, x, groups, draws, warmup, num_data, baseli
         loss = objective.loss_and_grads(model, guide, x, **step_kwargs)
         seconds += time.perf_counter() - t0
         losses.append(float(loss))
+        tick()
         # .grad holds the gradient of the loss -objective; record the objective's gradient.
         acc.add(-_flat_grad(all_params))
     _zero_grad(all_params)
@@ -301,6 +304,7 @@ def gradient_statistics(
     objective_states: dict | None = None,
     options: dict | None = None,
     keep_vectors: bool = False,
+    progress: bool = False,
 ) -> dict[str, dict]:
     """Statistics of ``draws`` gradient estimates per objective, at the current parameters.
 
@@ -327,6 +331,7 @@ def gradient_statistics(
     :param options: keyword options for :func:`~ppl_vae.infer.objectives.make_objective`, each
         passed to the objectives that take it.
     :param keep_vectors: also return per-coordinate ``mean`` / ``variance`` arrays per group.
+    :param progress: a progress bar (with ETA) on stderr over every warm-up and measured draw.
     :returns: ``{name: {"applicable": bool, "total_variance": ..., ...}}`` (see module docs);
         for an objective that does not apply (one whose ELBO cannot infer discrete latents, on a
         discrete-latent model) ``applicable`` is False, ``reason`` says why and the statistics
@@ -347,14 +352,22 @@ def gradient_statistics(
         return not discrete or objective_spec(name).can_infer_discrete
 
     measured: dict[str, dict] = {}
-    for name in dict.fromkeys([*objectives, reference]):
-        if applicable(name):
+    names = [name for name in dict.fromkeys([*objectives, reference]) if applicable(name)]
+    from tqdm.auto import tqdm
+
+    # the total grows by each stateful objective's warm-up once it is known
+    with tqdm(total=draws * len(names), disable=not progress, desc="grad-variance",
+              unit="draw", dynamic_ncols=True, leave=False, file=sys.stderr) as bar:
+        for name in names:
             objective = _objective_for(name, num_particles, dict(options or {}), x_dim,
                                        objective_states)
             w = (DEFAULT_WARMUP if warmup is None else int(warmup)) if _is_stateful(objective) \
                 else 0
+            bar.total += w
+            bar.set_postfix_str(name, refresh=True)
             measured[name] = _measure(objective, model, guide, x, groups, draws, w, num_data,
-                                      baseline_lr, seed, warmup_data)
+                                      baseline_lr, seed, warmup_data,
+                                      tick=lambda: bar.update(1))
     ref_mean = measured[reference]["acc"].mean if reference in measured else None
     results: dict[str, dict] = {}
     for name in objectives:
@@ -390,7 +403,8 @@ def fixed_minibatch(data: torch.Tensor, batch_size: int, seed: int = 0) -> torch
 def run_gradient_statistics(run, objectives: Sequence[str], draws: int = 100, *,
                             split: str = "train", batch_size: int = 64, seed: int = 0,
                             num_particles: int | None = None, warmup: int | None = None,
-                            device=None) -> tuple[dict[str, dict], torch.Tensor]:
+                            device=None, progress: bool = False
+                            ) -> tuple[dict[str, dict], torch.Tensor]:
     """:func:`gradient_statistics` at a trained run's parameters (a
     :class:`~ppl_vae.training.runs.Run`), on a :func:`fixed_minibatch` of its ``split``; baselines
     warm up on the training split, and the run's own objective resumes with its trained modules
@@ -407,5 +421,6 @@ def run_gradient_statistics(run, objectives: Sequence[str], draws: int = 100, *,
     states = {run.config.objective: saved} if saved else None
     results = gradient_statistics(run.model, run.guide, x, objectives, draws=draws, seed=seed,
                                   num_particles=num_particles, warmup=warmup,
-                                  warmup_data=warmup_data, objective_states=states)
+                                  warmup_data=warmup_data, objective_states=states,
+                                  progress=progress)
     return results, x

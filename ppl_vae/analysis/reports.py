@@ -33,7 +33,8 @@ def save_run_figures(model, guide, dataset, run_dir, seed: int = 0) -> None:
         x = dataset.split_for("valid", getattr(model, "likelihood", None))[:16]
         rec = reconstruct(model, guide, x)
         save_image_grid(torch.cat([x, rec]), dataset.image_shape,
-                        run_dir / "reconstructions.png", ncol=16, row_labels=["data", "recon"])
+                        run_dir / "reconstructions.png", ncol=16, row_labels=["data", "recon"],
+                        title="valid split: data and E[x | z = E_q[z|x]] (last epoch)")
 
 
 class RunReport(Callback):
@@ -48,6 +49,15 @@ class RunReport(Callback):
     def on_train_end(self, result) -> None:
         if result.run_dir is None or not len(result.metrics):
             return
+        from ppl_vae.io.provenance import declared
+
+        source = {"run": str(result.run_dir), "run_id": result.run_id,
+                  "checkpoint": "checkpoint.pt", "checkpoint_id": result.checkpoint_id,
+                  "epochs_done": int(result.metrics.epoch.iloc[-1])}
+        with declared(source):
+            self._report(result)
+
+    def _report(self, result) -> None:
         if self.figures:
             save_run_figures(result.model, result.guide, result.dataset, result.run_dir,
                              result.config.seed)

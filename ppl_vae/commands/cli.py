@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     command = next((a for a in argv if not a.startswith("-")), "")
     parser = build_parser(only=command)
     args = parser.parse_args(argv)
+    _quiet_and_one_line(args.command)
     try:
         if hasattr(args, "nproc"):  # a command that runs distributed (torchrun or --nproc N)
             from ppl_vae.training.distributed import run_command
@@ -49,6 +50,28 @@ def main(argv=None) -> int:
                   and "RANK" in os.environ else "")
         print(f"ppl-vae {args.command}: error: {worker}{exc}", file=sys.stderr)
         return 1 if isinstance(exc, DistributedError) else 2
+
+
+_PLAIN_FORMATWARNING = __import__("warnings").formatwarning
+
+
+def _quiet_and_one_line(command: str) -> None:
+    """Pyro's INFO lines (``Guessed max_plate_nesting = 2``) silenced; a
+    :class:`~ppl_vae.errors.PplVaeWarning` printed as one ``ppl-vae CMD: warning: ...`` line."""
+    import logging
+    import warnings
+
+    from ppl_vae.errors import PplVaeWarning
+
+    logging.getLogger("pyro").setLevel(logging.WARNING)
+    plain = _PLAIN_FORMATWARNING
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if issubclass(category, PplVaeWarning):
+            return f"ppl-vae {command}: warning: {message}\n"
+        return plain(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":  # pragma: no cover

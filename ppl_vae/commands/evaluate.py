@@ -30,8 +30,10 @@ CSV_COLUMNS = (
     "pareto_k_mean", "num_unreliable", "pareto_k_threshold", "log_weight_var_mean", "seconds",
     "seed", "limit", "device", "peak_rss_mb", "cuda_peak_mb",
     "num_steps", "num_leapfrog", "init", "schedule", "acceptance_rate", "step_size",
-    "checkpoint", "epochs_done",
+    "checkpoint", "epochs_done", "run_id", "checkpoint_id",
 )
+INTEGER_COLUMNS = ("num_samples", "n", "num_dims", "num_unreliable", "seed", "limit",
+                   "num_steps", "num_leapfrog", "epochs_done")
 
 
 def add_arguments(p):
@@ -92,7 +94,7 @@ def _check_args(args) -> None:
         if v is not None and v < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
     if not Path(args.run).exists():
-        raise ConfigError(f"run directory {args.run} does not exist")
+        raise ConfigError(f"--run {args.run}: no such run directory")
 
 
 def _options(args) -> dict:
@@ -141,7 +143,13 @@ def _estimate(r, x, args):
 def run(args) -> int:
     import torch
 
-    from ppl_vae.io.reporting import append_csv, json_safe, peak_rss_mb, resolve_device
+    from ppl_vae.io.reporting import (
+        append_csv,
+        check_same_run,
+        json_safe,
+        peak_rss_mb,
+        resolve_device,
+    )
     from ppl_vae.training import distributed
     from ppl_vae.training.runs import load_run
 
@@ -150,6 +158,7 @@ def run(args) -> int:
     run_dir = Path(args.run)
     r = load_run(run_dir, map_location=str(device), checkpoint=args.checkpoint)
     r.model.to(device), r.guide.to(device)
+    check_same_run(run_dir / CSV_NAME, r.run_id)
     x = r.split(args.split)
     if args.limit is not None:
         x = x[: args.limit]
@@ -163,13 +172,14 @@ def run(args) -> int:
     row = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "run": str(run_dir),
            "split": args.split, **summary, "seed": args.seed, "limit": args.limit,
            "device": str(device), "peak_rss_mb": round(peak_rss_mb(), 1),
-           "checkpoint": args.checkpoint, "epochs_done": int(r.checkpoint.get("epochs_done", 0))}
+           "checkpoint": args.checkpoint, "epochs_done": int(r.checkpoint.get("epochs_done", 0)),
+           "run_id": r.run_id, "checkpoint_id": r.checkpoint_id}
     if device.type == "cuda":
         row["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     if args.estimator != "ais":
         for key in ("num_steps", "num_leapfrog", "init", "schedule"):
             row.pop(key, None)
-    append_csv(run_dir / CSV_NAME, row, CSV_COLUMNS)
+    append_csv(run_dir / CSV_NAME, row, CSV_COLUMNS, integers=INTEGER_COLUMNS)
     warning = None
     if summary["num_unreliable"]:
         warning = (f"warning: Pareto k-hat > {summary['pareto_k_threshold']} for "
@@ -182,6 +192,15 @@ def run(args) -> int:
         return 0
     _print_human(row, warning, run_dir / CSV_NAME)
     return 0
+
+
+# what each estimator's number is: a bound is called a bound
+WHAT = {
+    "elbo": "ELBO (lower bound on log p(x)) =",
+    "is": "IS bound L_K on log p(x) (a lower bound in expectation; tightens as K grows) =",
+    "naive": "naive Monte Carlo estimate of log p(x) (a lower bound in expectation) =",
+    "ais": "AIS estimate of log p(x) (a lower bound in expectation) =",
+}
 
 
 def _fmt(v, spec=".3f"):
@@ -198,10 +217,11 @@ def _print_human(row: dict, warning, csv_path) -> None:
                  f"{row['schedule']} schedule, acceptance {_fmt(row['acceptance_rate'], '.2f')})")
     print(f"estimator {row['estimator']}  K={row['num_samples']}{extra}")
     if row["estimator"].endswith("-evidence"):
-        print(f"model evidence log p(X) of all {row['limit'] or 'split'} points ~ "
+        print(f"model evidence log p(X) of all {row['limit'] or 'split'} points "
+              f"({WHAT[row['estimator'].removesuffix('-evidence')]} for the data set) "
               f"{_fmt(row['log_likelihood'])} nats  (Monte Carlo stderr {_fmt(row['stderr'])})")
     else:
-        print(f"log p(x) ~ {_fmt(row['log_likelihood'])} nats  (stderr over points "
+        print(f"{WHAT[row['estimator']]} {_fmt(row['log_likelihood'])} nats  (stderr over points "
               f"{_fmt(row['stderr'])}; Monte Carlo stderr {_fmt(row['mc_stderr'])})")
     print(f"bits/dim {_fmt(row['bits_per_dim'], '.4f')}")
     print(f"ESS mean {_fmt(row['ess_mean'], '.1f')}  min {_fmt(row['ess_min'], '.1f')}  "

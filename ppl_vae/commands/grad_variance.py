@@ -36,6 +36,7 @@ def add_arguments(p):
     tk.add_json(p, "print exactly one JSON object keyed by objective name")
     p.add_argument("--csv", default=None, metavar="FILE",
                    help="also write the table to this CSV file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _print_table(frame, header: str) -> None:
@@ -69,7 +70,8 @@ def run(args) -> int:
     results, x = run_gradient_statistics(run_, names, draws=args.draws, split=args.split,
                                          batch_size=args.batch_size, seed=args.seed,
                                          num_particles=args.particles, warmup=args.warmup,
-                                         device=device)
+                                         device=device,
+                                         progress=not args.no_progress)
     frame = statistics_frame(results)
     if args.csv:
         frame.to_csv(args.csv, index=False)

@@ -91,6 +91,9 @@ def load(args, run_dir=None):
     r.model.to(device)
     r.guide.to(device)
     pyro.set_rng_seed(args.seed)
+    from ppl_vae.io.provenance import declare
+
+    declare(r.provenance())  # PNGs and JSON written from now on name this checkpoint
     return r, device
 
 
@@ -131,9 +134,14 @@ def float_list(text: str, flag: str) -> list[float]:
 
 
 def emit_json(obj: dict) -> None:
-    """Exactly one JSON object on stdout (NaN/inf as null, tensors as lists)."""
+    """Exactly one JSON object on stdout (NaN/inf as null, tensors as lists), with the
+    ``provenance`` of the one run it came from."""
+    from ppl_vae.io.provenance import sources
     from ppl_vae.io.reporting import json_safe
 
+    found = sources()
+    if len(found) == 1 and "provenance" not in obj:
+        obj = {**obj, "provenance": found[0]}
     print(json.dumps(json_safe(obj), allow_nan=False))
 
 

@@ -62,6 +62,9 @@ def add_arguments(p):
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (created if missing)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt with its config (epochs may be raised)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="OUT holds a run: archive all of it (evaluation.csv included) into "
+                        "OUT/.old-<timestamp>/ and train a new one")
     p.add_argument("--device", default="cpu", metavar="DEVICE",
                    help="torch device for data and parameters, e.g. cpu (default) or cuda")
     p.add_argument("--json", action="store_true",
@@ -76,8 +79,25 @@ def overrides_from(args) -> dict:
     return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
 
 
+def _in_flags(exc, args):
+    """The same error, naming the flag the user typed instead of the config field
+    (``latent_dims must be ...`` -> ``--latent-dim must be ...``)."""
+    import re
+
+    message = str(exc)
+    several = "," in str(getattr(args, "cfg_latent_dims", "") or "")
+    for flag, (dest, _, _) in FLAGS.items():
+        if flag == ("--latent-dim" if several else "--latent-dims"):
+            continue  # latent_dims: the flag whose form the user typed
+        pattern = rf"^{re.escape(dest)}\b"
+        if re.match(pattern, message):
+            return type(exc)(re.sub(pattern, flag, message, count=1))
+    return exc
+
+
 def run(args) -> int:
     from ppl_vae.analysis.reports import RunReport
+    from ppl_vae.errors import ConfigError
     from ppl_vae.io.reporting import json_safe, resolve_device
     from ppl_vae.training import distributed
     from ppl_vae.training.loop import train
@@ -86,14 +106,22 @@ def run(args) -> int:
     device = resolve_device(args.device)
     try:
         report = RunReport()
-        result = train(out=out, resume=args.resume, progress=not args.no_progress,
-                       device=device, callbacks=[report], **overrides_from(args))
-    except KeyboardInterrupt:
+        result = train(out=out, resume=args.resume, overwrite=args.overwrite,
+                       progress=not args.no_progress, device=device, callbacks=[report],
+                       **overrides_from(args))
+    except ConfigError as exc:
+        raise _in_flags(exc, args) from None
+    except KeyboardInterrupt as exc:
+        # the loop's message says what is on disk (ppl_vae.training.loop._kept)
         saved = ("the last epoch's checkpoint is kept" if distributed.world_size() > 1
-                 else "checkpoint saved")
+                 else str(exc) if "checkpoint" in str(exc) else "checkpoint saved")
         if distributed.is_main():
-            print(f"\ninterrupted: {saved} in {out}; continue with "
-                  f"`ppl-vae train --out {out} --resume`", file=sys.stderr)
+            if saved.startswith("no checkpoint"):
+                print(f"\ninterrupted before the first checkpoint: nothing to resume in {out}",
+                      file=sys.stderr)
+            else:
+                print(f"\ninterrupted: {saved} in {out}; continue with "
+                      f"`ppl-vae train --out {out} --resume`", file=sys.stderr)
         return 130
     if not len(result.metrics) or not distributed.is_main():
         return 0
@@ -104,7 +132,9 @@ def run(args) -> int:
                                     float(result.metrics.seconds.sum()), "run": str(out),
                                     "active_units": units.counts, "latent_dims": units.dims,
                                     "best_epoch": result.best_epoch,
-                                    "stopped_early": result.stopped_early}),
+                                    "stopped_early": result.stopped_early,
+                                    "run_id": result.run_id,
+                                    "checkpoint_id": result.checkpoint_id}),
                          allow_nan=False))
         return 0
     print(f"epoch {int(last.epoch)}: train ELBO {last.train_elbo:.3f}, "

@@ -8,6 +8,7 @@ crash or a failed run never leaves a half-written checkpoint, and the last good 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -16,7 +17,8 @@ import torch
 
 from ppl_vae.errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes", "FORMAT", "VERSION"]
+__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes", "weights_id",
+           "checkpoint_id", "FORMAT", "VERSION"]
 
 FORMAT = "ppl_vae.io.checkpoint"
 VERSION = 1
@@ -46,6 +48,28 @@ def atomic_write_bytes(path, data: bytes) -> None:
     _atomic(Path(path), lambda f: f.write(data))
 
 
+def weights_id(payload: dict) -> str:
+    """A short content hash (12 hex digits) of a payload's model and guide weights: the same
+    weights give the same id, whichever file they are in."""
+    h = hashlib.sha256()
+    for part in ("model", "guide"):
+        for name, value in sorted((payload.get(part) or {}).items()):
+            h.update(f"{part}.{name}".encode())
+            if isinstance(value, torch.Tensor):
+                t = value.detach().cpu().contiguous()
+                h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+                h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            else:
+                h.update(repr(value).encode())
+    return h.hexdigest()[:12]
+
+
+def checkpoint_id(payload: dict) -> str:
+    """The id a derived file records for the checkpoint it came from: the stored
+    ``checkpoint_id`` (see :func:`weights_id`), computed for a checkpoint that lacks one."""
+    return str(payload.get("checkpoint_id") or weights_id(payload))
+
+
 def save_checkpoint(path, payload: dict) -> None:
     """Atomically save ``payload`` (must contain config, model and guide state dicts)."""
     payload = {"format": FORMAT, "version": VERSION, **payload}
@@ -65,9 +89,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, garbage bytes, unpickling refused, ...
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
         raise CheckpointError(
-            f"{path}: corrupt or truncated checkpoint, cannot be read ({type(exc).__name__}: {exc})"
-        ) from exc
+            f"{path}: corrupt or truncated checkpoint, cannot be read ({type(exc).__name__}: "
+            f"{first[:160]})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a ppl_vae checkpoint")
     if payload.get("version") != VERSION:

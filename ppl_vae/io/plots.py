@@ -18,9 +18,12 @@ __all__ = ["save_image_grid", "save_figure", "plot_posterior_comparison", "plot_
 
 
 def save_figure(fig, path) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
+    """Save a matplotlib figure as PNG atomically and close it; the PNG carries the
+    checkpoint it came from where one was declared (:mod:`ppl_vae.io.provenance`)."""
+    from ppl_vae.io.provenance import png_metadata
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata=png_metadata())
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)

@@ -12,20 +12,50 @@ import torch
 from ppl_vae.errors import ConfigError
 from ppl_vae.io.checkpoint import atomic_write_bytes
 
-__all__ = ["append_csv", "json_safe", "markdown_table", "peak_rss_mb", "resolve_device"]
+__all__ = ["append_csv", "check_same_run", "json_safe", "markdown_table", "peak_rss_mb",
+           "resolve_device"]
 
 
-def append_csv(path, row: dict, columns=()) -> None:
+def append_csv(path, row: dict, columns=(), integers=()) -> None:
     """Append ``row`` to the CSV at ``path`` atomically (pandas; the columns are the union of
-    the old and new ones, ``columns`` first in that order)."""
+    the old and new ones, ``columns`` first in that order). The ``integers`` columns stay
+    integers (``50``, not ``50.0``; a missing value is an empty cell)."""
     import pandas as pd
 
     path = Path(path)
     new = pd.DataFrame([row])
     if path.exists() and path.stat().st_size > 0:
         new = pd.concat([pd.read_csv(path), new], ignore_index=True)
+    for col in integers:
+        if col in new.columns:
+            values = pd.to_numeric(new[col], errors="coerce")
+            known = values.dropna()
+            if len(known) == values.notna().sum() == new[col].notna().sum() and (
+                    known == known.round()).all():
+                new[col] = values.astype("Int64")
     cols = [c for c in columns if c in new.columns] + [c for c in new.columns if c not in columns]
     atomic_write_bytes(path, new[cols].to_csv(index=False).encode())
+
+
+def check_same_run(path, run_id, column: str = "run_id") -> None:
+    """Refuse (one line, :class:`ConfigError`) to add to the CSV at ``path`` when its rows
+    name another training run than ``run_id``: they describe a different model."""
+    import pandas as pd
+
+    path = Path(path)
+    if run_id is None or not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        old = pd.read_csv(path, usecols=lambda c: c == column, dtype=str)
+    except (ValueError, pd.errors.ParserError):
+        return
+    if column not in old.columns:
+        return
+    others = sorted(set(old[column].dropna()) - {str(run_id)})
+    if others:
+        raise ConfigError(
+            f"{path} holds rows of another run (run id {others[0]}; this checkpoint is of run "
+            f"{run_id}): move it away, or train with --overwrite, which archives it")
 
 
 def json_safe(value):

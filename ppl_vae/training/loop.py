@@ -10,8 +10,22 @@ of the full-data negative ELBO; we report per-data-point values in nats:
   sample per point with a fixed seed, whatever the training objective — comparable across runs.
 
 Reproducibility: the RNGs are re-seeded from (seed, epoch) at the start of every epoch, so the
-same seed gives the same numbers, and a run resumed at an epoch boundary continues exactly as if
-it had never stopped.
+same seed gives the same numbers. A run resumed after an interruption continues exactly (bit for
+bit on CPU) as if it had never stopped:
+
+* the first Ctrl-C or SIGTERM is deferred to the next consistent point: the end of the current
+  step (then a checkpoint with the position in the epoch, the RNG states and the running
+  average is written, and resuming continues with the next step) or, during validation and the
+  checkpoint write, the end of the epoch's checkpoint;
+* a second signal, or a ``KeyboardInterrupt`` raised anywhere else, stops at once and writes
+  nothing: the last checkpoint on disk is consistent (``best.pt`` is written before
+  ``checkpoint.pt``, and ``metrics.csv`` after it from the checkpoint's own record), so resuming
+  repeats the unfinished part exactly.
+
+A run directory is guarded (:func:`ppl_vae.training.runs.open_run_dir`): locked against a second
+process, and a directory that holds a run is refused unless resumed or overwritten (archived).
+Every checkpoint records the run's ``run_id`` (kept across resumes) and its ``checkpoint_id``
+(a content hash of the weights), which derived files quote.
 
 Data-parallel training (inside a ``torch.distributed`` process group, see
 :mod:`ppl_vae.training.distributed`): every rank builds the same epoch permutation, takes its
@@ -26,9 +40,11 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,13 +57,14 @@ from tqdm.auto import tqdm
 from ppl_vae.errors import CheckpointError, ConfigError, TrainingDivergedError
 from ppl_vae.infer.objectives import make_objective
 from ppl_vae.infer.svi import SVI
-from ppl_vae.io.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from ppl_vae.io.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, weights_id
 from ppl_vae.io.data import Dataset, load_dataset
 from ppl_vae.poutine.handlers import ScaleLatents
 from ppl_vae.training import distributed
 from ppl_vae.training.builders import build_model_and_guide
 from ppl_vae.training.config import TrainConfig
 from ppl_vae.training.initialization import initialize_output_bias
+from ppl_vae.training.runs import open_run_dir
 from ppl_vae.training.schedules import learning_rate
 
 if TYPE_CHECKING:
@@ -72,10 +89,49 @@ class TrainResult:
     interrupted: bool = False
     best_epoch: int | None = None
     stopped_early: bool = False
+    run_id: str | None = None
+    checkpoint_id: str | None = None
 
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"received signal {signum}")
+
+
+class _DeferredStop:
+    """SIGINT/SIGTERM handler of a single-process run: the first signal asks the loop to stop
+    at its next consistent point; a second one raises ``KeyboardInterrupt`` at once."""
+
+    def __init__(self):
+        self.requested: int | None = None
+
+    def __call__(self, signum, frame):
+        if self.requested is not None:
+            raise KeyboardInterrupt(f"received signal {signum} again")
+        self.requested = signum
+
+
+def _rng_state() -> dict:
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss),
+                       float(cached)]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -106,6 +162,7 @@ def _write_metrics(rows: list[dict], path: Path):
     import pandas as pd
 
     df = pd.DataFrame(rows, columns=["epoch", "train_elbo", "valid_elbo", "seconds"])
+    df["epoch"] = df["epoch"].astype(int)
     atomic_write_bytes(path, df.to_csv(index=False).encode())
     return df
 
@@ -120,12 +177,41 @@ def _payload(config, model, guide, svi, epochs_done, metrics, elapsed, x_dim,
         "model": model.state_dict(),
         "guide": guide.state_dict(),
         "objective_modules": {k: m.state_dict() for k, m in svi.objective.modules.items()},
+        "objective_state": _objective_state(svi.objective),
         "optimizer": svi.state_dict(),
         "epochs_done": int(epochs_done),
         "metrics": [dict(r) for r in metrics],
         "elapsed": float(elapsed),
         "interrupted": bool(interrupted),
     }
+
+
+def _objective_state(objective) -> dict:
+    """What an objective keeps between steps outside its modules: the decaying-average
+    baselines of ``score-avg``/``score-nn`` (``elbo.averages``), so a resumed run goes on with
+    them instead of restarting them from zero; and the ``max_plate_nesting`` Pyro guessed (a
+    guess runs the model and guide once, drawing random numbers: guessed again on resume, it
+    would shift the resumed run's random stream)."""
+    elbo = getattr(objective, "elbo", None)
+    state = {}
+    averages = getattr(elbo, "averages", None)
+    if isinstance(averages, dict):
+        state["averages"] = dict(averages)
+    nesting = getattr(elbo, "max_plate_nesting", None)
+    if isinstance(nesting, int):
+        state["max_plate_nesting"] = int(nesting)
+    return state
+
+
+def _load_objective_state(objective, state: dict | None) -> None:
+    elbo = getattr(objective, "elbo", None)
+    state = state or {}
+    averages = getattr(elbo, "averages", None)
+    if isinstance(averages, dict) and "averages" in state:
+        averages.clear()
+        averages.update({k: v.clone() for k, v in state["averages"].items()})
+    if elbo is not None and "max_plate_nesting" in state and hasattr(elbo, "max_plate_nesting"):
+        elbo.max_plate_nesting = int(state["max_plate_nesting"])
 
 
 def load_state(model, guide, payload, source="checkpoint", objective_modules=None) -> None:
@@ -187,6 +273,8 @@ class _Loop:
     batch_size: int
     steps_per_epoch: int
     sync: distributed.GradientSync | None = None
+    run_id: str = ""
+    saved: dict | None = None  # what the last checkpoint written holds (epochs, step, metrics)
 
     def shard(self, idx: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous shard of the global batch ``idx`` (all of it in one process);
@@ -235,16 +323,25 @@ def _diverged(loss, epoch, step, loop: _Loop, metrics, ckpt_path) -> TrainingDiv
         f"{epoch * loop.steps_per_epoch + step + 1}); {kept}; try a lower --lr")
 
 
-def _train_epoch(loop: _Loop, epoch: int, bar, metrics, ckpt_path) -> float:
+def _train_epoch(loop: _Loop, epoch: int, bar, metrics, ckpt_path, position=None,
+                 stop_at=None) -> float:
     """One pass over a fresh permutation of the training split; returns the epoch's mean
-    training objective per data point."""
+    training objective per data point. ``position`` (of an interrupted epoch's checkpoint):
+    continue after its step with its RNG states and running sum. ``stop_at(step, running,
+    seen)``: called after every step but the last while a stop is requested (it saves the
+    position and raises ``KeyboardInterrupt``)."""
     config, x_train = loop.config, loop.x_train
     n, bs = x_train.shape[0], loop.batch_size
     seed = _epoch_seed(config.seed, epoch)
-    pyro.set_rng_seed(_rank_seed(seed, distributed.rank()))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(x_train.device)
-    running, seen = 0.0, 0
-    for step in range(loop.steps_per_epoch):
+    if position is None:
+        pyro.set_rng_seed(_rank_seed(seed, distributed.rank()))
+        first, running, seen = 0, 0.0, 0
+    else:
+        _set_rng_state(position["rng"])
+        first, running, seen = (int(position["step"]), float(position["running"]),
+                                int(position["seen"]))
+    for step in range(first, loop.steps_per_epoch):
         idx = perm[step * bs: (step + 1) * bs]
         xb = x_train[loop.shard(idx)]
         if loop.binarize:
@@ -261,6 +358,8 @@ def _train_epoch(loop: _Loop, epoch: int, bar, metrics, ckpt_path) -> float:
         if step % 10 == 0 or step == loop.steps_per_epoch - 1:
             bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs} "
                                 f"-elbo/pt {running / seen:.3f}", refresh=False)
+        if stop_at is not None and step < loop.steps_per_epoch - 1:
+            stop_at(step + 1, running, seen)
     return -running / seen
 
 
@@ -273,15 +372,46 @@ def _validate(loop: _Loop, epoch: int) -> float:
     return valid_elbo
 
 
-def _save(loop: _Loop, run_dir, epochs_done, metrics, elapsed, interrupted=False) -> None:
+def _kept(loop: _Loop) -> str:
+    """Which checkpoint is on disk, in words."""
+    saved = loop.saved
+    if saved is None:
+        return "no checkpoint was written yet"
+    where = f"{saved['epochs']} epochs"
+    if saved.get("step"):
+        where += f" and {saved['step']} of {loop.steps_per_epoch} steps"
+    return f"{CHECKPOINT_NAME} ({where}) is kept and loadable"
+
+
+def _save(loop: _Loop, run_dir, epochs_done, metrics, elapsed, position=None) -> None:
+    """Write ``best.pt`` (when this epoch is the best), then ``checkpoint.pt``, then
+    ``metrics.csv`` from the checkpoint's own record: interrupted anywhere, the files on disk
+    agree, and resuming from ``checkpoint.pt`` repeats whatever is missing. ``position`` (an
+    interrupted epoch): the steps done, running sum and RNG states, for an exact resume."""
     if run_dir is None or not distributed.is_main():
         return
     payload = _payload(loop.config, loop.model, loop.guide, loop.svi, epochs_done, metrics,
-                       elapsed, loop.dataset.x_dim, interrupted)
-    save_checkpoint(run_dir / CHECKPOINT_NAME, payload)
-    if not interrupted and metrics and payload["best_epoch"] == metrics[-1]["epoch"]:
-        save_checkpoint(run_dir / BEST_NAME, payload)  # this epoch has the best valid ELBO
-    _write_metrics(metrics, run_dir / METRICS_NAME)
+                       elapsed, loop.dataset.x_dim, interrupted=position is not None)
+    payload.update(run_id=loop.run_id, position=position, checkpoint_id=weights_id(payload))
+    target = run_dir / CHECKPOINT_NAME
+    try:
+        if position is None and metrics and payload["best_epoch"] == metrics[-1]["epoch"]:
+            target = run_dir / BEST_NAME  # this epoch has the best valid ELBO
+            save_checkpoint(target, payload)
+        target = run_dir / CHECKPOINT_NAME
+        save_checkpoint(target, payload)
+        loop.saved = {"epochs": int(epochs_done), "step": (position or {}).get("step", 0),
+                      "metrics": payload["metrics"], "checkpoint_id": payload["checkpoint_id"]}
+        target = run_dir / METRICS_NAME
+        _write_metrics(payload["metrics"], target)
+    except OSError as exc:
+        raise _unwritable(target, exc, loop) from None
+
+
+def _unwritable(path, exc: OSError, loop: _Loop) -> CheckpointError:
+    reason = f"{exc.strerror or exc} [errno {exc.errno}]" if exc.errno else str(exc)
+    return CheckpointError(f"cannot write {path}: {reason}; {_kept(loop)}; free space or fix "
+                           "the permissions, then continue with --resume")
 
 
 def _load_data(config: TrainConfig) -> Dataset:
@@ -299,18 +429,26 @@ def _load_data(config: TrainConfig) -> Dataset:
 
 
 def _start(config, overrides, resume, run_dir, dataset, device):
-    """``(loop, start_epoch, metrics, elapsed)``: the set-up run, resumed from its checkpoint if
-    asked (read by rank 0 and sent to every rank)."""
+    """``(loop, start_epoch, metrics, elapsed, position)``: the set-up run, resumed from its
+    checkpoint if asked (read by rank 0 and sent to every rank)."""
     ckpt_path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
     config, payload = distributed.from_rank0(_resolve_config, config, overrides, resume, ckpt_path)
     dataset = _load_data(config) if dataset is None else dataset
     loop = _setup(config, dataset, torch.device(device))
     if payload is None:
-        return loop, 0, [], 0.0
+        loop.run_id = uuid.uuid4().hex[:12]
+        return loop, 0, [], 0.0, None
     load_state(loop.model, loop.guide, payload, str(ckpt_path), loop.svi.objective.modules)
     loop.svi.load_state_dict(payload.get("optimizer", {}))
-    return (loop, int(payload.get("epochs_done", 0)), list(payload.get("metrics", [])),
-            float(payload.get("elapsed", 0.0)))
+    _load_objective_state(loop.svi.objective, payload.get("objective_state"))
+    loop.run_id = str(payload.get("run_id") or uuid.uuid4().hex[:12])
+    epochs = int(payload.get("epochs_done", 0))
+    position = payload.get("position")
+    loop.saved = {"epochs": epochs, "step": (position or {}).get("step", 0),
+                  "metrics": list(payload.get("metrics", [])),
+                  "checkpoint_id": payload.get("checkpoint_id")}
+    return (loop, epochs, list(payload.get("metrics", [])), float(payload.get("elapsed", 0.0)),
+            position)
 
 
 def best_epoch(metrics) -> int | None:
@@ -340,8 +478,8 @@ def _set_epoch_lr(loop: _Loop, epoch: int) -> None:
 
 
 def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = False,
-          progress: bool = True, dataset: Dataset | None = None, callbacks=(),
-          device="cpu", **overrides) -> TrainResult:
+          overwrite: bool = False, progress: bool = True, dataset: Dataset | None = None,
+          callbacks=(), device="cpu", **overrides) -> TrainResult:
     """Train the model/guide pair described by ``config`` (keyword ``overrides`` win).
 
     ``out``: a run directory receiving ``checkpoint.pt`` (atomic, after every epoch: the last
@@ -350,37 +488,77 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
     :class:`~ppl_vae.training.callbacks.Callback` objects (the figures and active units that
     ``ppl-vae train`` and :func:`ppl_vae.train` write are
     :class:`ppl_vae.analysis.reports.RunReport`).
-    ``resume=True`` continues from ``out/checkpoint.pt`` (the checkpoint's config is used; an
-    explicitly different architecture is an error; ``epochs`` may be raised).
+    ``out`` is locked while training (``out/.lock``: a second process is refused), and a
+    directory that already holds a run is refused (:class:`~ppl_vae.training.runs.RunExistsError`)
+    unless ``resume=True`` continues from ``out/checkpoint.pt`` (the checkpoint's config is used;
+    an explicitly different architecture is an error; ``epochs`` may be raised) or
+    ``overwrite=True`` first archives everything in it into ``out/.old-<timestamp>/``.
     ``config.patience`` > 0 stops early (see :func:`_patience_exhausted`); ``config.schedule``
     sets the learning rate of each epoch; ``config.adam_eps``/``adam_betas`` go to Adam.
 
     On a NaN/inf loss, raises :class:`TrainingDivergedError` naming the epoch and step; the last
-    checkpoint (end of the last good epoch) is left untouched. On Ctrl-C or SIGTERM, saves a
-    checkpoint of the current parameters and raises ``KeyboardInterrupt`` (in a process group
-    of several ranks it saves nothing: the last epoch's checkpoint stays). ``device``: where
-    parameters and data live (checkpoints are loaded to the CPU and moved there).
+    checkpoint (end of the last good epoch) is left untouched. A checkpoint that cannot be
+    written (disk full, read-only directory) raises :class:`CheckpointError` saying that the
+    previous one is kept. On Ctrl-C or SIGTERM, stops at the next consistent point, saves and
+    raises ``KeyboardInterrupt`` whose message says what is on disk (see the module docstring;
+    in a process group of several ranks it saves nothing: the last epoch's checkpoint stays).
+    ``device``: where parameters and data live (checkpoints are loaded to the CPU and moved
+    there).
 
     Inside a ``torch.distributed`` process group this is one rank of a data-parallel run (see
     the module docstring); every rank calls it with the same arguments, rank 0 writes the files.
     """
     run_dir = Path(out) if out is not None else None
-    ckpt_path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
     main = distributed.is_main()
-    loop, start_epoch, metrics, elapsed = _start(config, overrides, resume, run_dir, dataset,
-                                                 device)
+    lock = {}
+    if run_dir is not None:
+        def guard():
+            lock["held"] = open_run_dir(run_dir, resume=resume, overwrite=overwrite)
+
+        distributed.from_rank0(guard)
+    try:
+        return _train(config, run_dir, resume, progress, dataset, callbacks, device, overrides,
+                      main)
+    finally:
+        if "held" in lock:
+            lock["held"].release()
+
+
+def _train(config, run_dir, resume, progress, dataset, callbacks, device, overrides, main):
+    ckpt_path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
+    loop, start_epoch, metrics, elapsed, position = _start(config, overrides, resume, run_dir,
+                                                           dataset, device)
     config, dataset = loop.config, loop.dataset
     if run_dir is not None and main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run_dir / "config.json", json.dumps(config.to_dict(), indent=2).encode())
+        try:
+            atomic_write_bytes(run_dir / "config.json",
+                               json.dumps(config.to_dict(), indent=2).encode())
+        except OSError as exc:
+            raise _unwritable(run_dir / "config.json", exc, loop) from None
 
-    bar = tqdm(total=(config.epochs - start_epoch) * loop.steps_per_epoch,
+    done = int((position or {}).get("step", 0)) if start_epoch < config.epochs else 0
+    bar = tqdm(total=max(0, (config.epochs - start_epoch) * loop.steps_per_epoch - done),
                disable=not (progress and main), desc="train", unit="step", dynamic_ncols=True,
                leave=True)
     epoch, stopped_early = start_epoch, False
-    # SIGTERM (a scheduler or `kill`) is handled like Ctrl-C: save, then stop.
+    # Ctrl-C and SIGTERM (a scheduler or `kill`): in one process, deferred to the next
+    # consistent point (_DeferredStop); in a process group, SIGTERM raises like Ctrl-C.
     in_main = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+    stop = _DeferredStop() if in_main and loop.sync is None else None
+    old = {}
+    if in_main:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if stop is not None or signum == signal.SIGTERM:
+                old[signum] = signal.signal(signum, stop or _raise_interrupt)
+
+    def stop_at(step, running, seen, epoch_t0, epoch_seconds):
+        if stop is None or stop.requested is None:
+            return
+        pos = {"step": step, "running": running, "seen": seen, "rng": _rng_state(),
+               "seconds": epoch_seconds + time.perf_counter() - epoch_t0}
+        _save(loop, run_dir, epoch, metrics, elapsed + pos["seconds"], position=pos)
+        raise KeyboardInterrupt(f"signal {stop.requested}")
+
     try:
         for epoch in range(start_epoch, config.epochs):
             distributed.failure_test_hook(epoch + 1)
@@ -388,10 +566,14 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
                 stopped_early = True
                 break
             _set_epoch_lr(loop, epoch)
-            t0 = time.perf_counter()
-            train_elbo = _train_epoch(loop, epoch, bar, metrics, ckpt_path)
+            resume_at = position if epoch == start_epoch else None
+            t0, before = time.perf_counter(), float((resume_at or {}).get("seconds", 0.0))
+            train_elbo = _train_epoch(
+                loop, epoch, bar, metrics, ckpt_path, position=resume_at,
+                stop_at=None if stop is None else
+                (lambda step, running, seen: stop_at(step, running, seen, t0, before)))
             valid_elbo = _validate(loop, epoch)
-            seconds = time.perf_counter() - t0
+            seconds = before + time.perf_counter() - t0
             elapsed += seconds
             metrics.append({"epoch": epoch + 1, "train_elbo": train_elbo,
                             "valid_elbo": valid_elbo, "seconds": seconds})
@@ -402,15 +584,22 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
                 for callback in callbacks:
                     callback.on_epoch_end(epoch + 1, metrics[-1], loop.model, loop.guide)
             distributed.barrier()  # no rank starts epoch e + 1 before epoch e's checkpoint exists
+            if stop is not None and stop.requested is not None and epoch + 1 < config.epochs:
+                raise KeyboardInterrupt(f"signal {stop.requested}")
     except KeyboardInterrupt:
         bar.close()
-        if loop.sync is None and all(torch.isfinite(p).all() for p in loop.svi.parameters()):
-            _save(loop, run_dir, epoch, metrics, elapsed, interrupted=True)
-        raise
+        if run_dir is not None and main and loop.saved is not None:
+            try:  # metrics.csv agrees with the checkpoint on disk, whenever the interrupt came
+                _write_metrics(loop.saved["metrics"], run_dir / METRICS_NAME)
+            except OSError:
+                pass
+        if run_dir is None or not main:
+            raise
+        raise KeyboardInterrupt(_kept(loop)) from None
     finally:
         bar.close()
-        if in_main:
-            signal.signal(signal.SIGTERM, old_term)
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
 
     if run_dir is not None and main:
         df = _write_metrics(metrics, run_dir / METRICS_NAME)
@@ -419,7 +608,9 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
 
         df = pd.DataFrame(metrics, columns=["epoch", "train_elbo", "valid_elbo", "seconds"])
     result = TrainResult(loop.model, loop.guide, config, df, dataset, run_dir,
-                         best_epoch=best_epoch(metrics), stopped_early=stopped_early)
+                         best_epoch=best_epoch(metrics), stopped_early=stopped_early,
+                         run_id=loop.run_id,
+                         checkpoint_id=(loop.saved or {}).get("checkpoint_id"))
     if main:
         for callback in callbacks:
             callback.on_train_end(result)

@@ -35,7 +35,10 @@ def test_train_then_resume_then_sample(tmp_path, capsys):
     (["--objective", "bogus"], "unknown objective 'bogus'"),
     (["--likelihood", "poisson"], "unknown likelihood 'poisson'"),
     (["--hidden", "12,x"], "hidden must be a comma-separated list of integers"),
-    (["--batch-size", "0"], "batch_size must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--latent-dim", "0"], "--latent-dim must be one or more positive integers"),
+    (["--latent-dims", "4,0"], "--latent-dims must be one or more positive integers"),
+    (["--adam-betas", "2"], "--adam-betas must be two numbers"),
     (["--data", "nowhere.npz"], "nowhere.npz: no such file"),
 ])
 def test_bad_options_give_one_clear_line(tmp_path, capsys, argv, message):

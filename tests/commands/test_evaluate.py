@@ -139,7 +139,7 @@ def test_bad_input_is_a_clear_error(run_dir, capsys, argv, message):
 def test_missing_run_and_unknown_estimator(tmp_path, capsys):
     assert main(["evaluate", "--run", str(tmp_path / "nope"), "--estimator", "is",
                  "--samples", "5"]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "--run " + str(tmp_path / "nope") + ": no such run directory" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "--run", str(tmp_path), "--estimator", "magic", "--samples", "5"])
     assert exc.value.code == 2

@@ -74,7 +74,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tiny_digits, tm
     assert load_checkpoint(tmp_path)["epochs_done"] == 1
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "raise"])
 def test_interrupt_saves_checkpoint_and_resume_finishes(tiny_digits, tmp_path, monkeypatch, how):
     calls = {"n": 0}
     real_step = SVI.step
@@ -82,17 +82,20 @@ def test_interrupt_saves_checkpoint_and_resume_finishes(tiny_digits, tmp_path, m
     def interrupted(self, *a, **k):
         calls["n"] += 1
         if calls["n"] == 15:  # mid epoch 2 (10 steps per epoch)
-            if how == "sigterm":
-                os.kill(os.getpid(), signal.SIGTERM)
-            else:
+            if how == "raise":
                 raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM if how == "sigterm" else signal.SIGINT)
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(SVI, "step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(**CFG, epochs=3), out=tmp_path, dataset=tiny_digits, progress=False)
     ck = load_checkpoint(tmp_path)
-    assert ck["interrupted"] and ck["epochs_done"] == 1
+    assert ck["epochs_done"] == 1
+    if how == "raise":  # an interrupt that cannot wait: the last checkpoint stays as it was
+        assert not ck["interrupted"] and ck["position"] is None
+    else:  # a signal: the step ends, then its position in epoch 2 is saved
+        assert ck["interrupted"] and ck["position"]["step"] == 5
     monkeypatch.setattr(SVI, "step", real_step)
     res = train(out=tmp_path, resume=True, dataset=tiny_digits, progress=False)
     assert res.metrics.epoch.tolist() == [1, 2, 3]
