@@ -156,6 +156,8 @@ def estimate_log_likelihood(model, guide, x, estimator: str, num_samples: int,
     if estimator == "naive":
         return naive_monte_carlo(model, x, num_samples, **options)
     if estimator in ("is", "elbo"):
+        if estimator == "elbo" and options.get("progress"):
+            options["progress"] = "elbo"  # the bar says what is estimated
         result = importance_sampling(model, guide, x, num_samples, **options)
         if estimator == "is":
             return result

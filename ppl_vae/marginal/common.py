@@ -281,6 +281,8 @@ def default_chunks(k, batch_size, particle_chunk, num_dims, n, budget):
 
 
 def progress_bar(progress, total, desc, unit):
+    """A tqdm bar on stderr; ``progress`` may be a label to show instead of ``desc``."""
+    desc = progress if isinstance(progress, str) else desc
     return tqdm(
         total=total, disable=not progress, desc=desc, unit=unit, unit_scale=True,
         dynamic_ncols=True, leave=False, file=sys.stderr,
