@@ -56,6 +56,7 @@ _MODULE_EXPORTS = {
     "training.loop": ("TrainResult", "estimate_elbo",),
     "analysis.reports": ("RunReport", "train",),
     "training.callbacks": ("Callback",),
+    "training.fit": ("fit",),
     "training.runs": ("Run", "load_run",),
     "analysis.generation": ("apply_attribute", "attribute_direction", "decode", "encode",
                             "impute_pseudo_gibbs", "interpolate", "manifold", "reconstruct",

@@ -59,7 +59,8 @@ class Dataset:
 
     @property
     def x_dim(self) -> int:
-        return int(self.train.shape[1])
+        """Values per data point (the product of the trailing dimensions)."""
+        return int(self.train[0].numel())
 
     @property
     def binary(self) -> bool:
