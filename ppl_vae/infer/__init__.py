@@ -17,7 +17,8 @@ One estimator per module, like ``pyro/infer/*.py``:
   :mod:`~ppl_vae.infer.arm` — :class:`ARM`, :class:`AntitheticBernoulliMessenger` (Yin & Zhou
   2019); :mod:`~ppl_vae.infer.disarm` — :class:`DisARM` (Dong et al. 2020);
   :mod:`~ppl_vae.infer.gumbel_softmax` — :class:`GumbelSoftmax`,
-  :class:`RelaxedBernoulliMessenger` (Maddison et al. 2017; Jang et al. 2017; biased).
+  :class:`RelaxedBernoulliMessenger` (Maddison et al. 2017; Jang et al. 2017; biased);
+  :mod:`~ppl_vae.infer.rebar` — :class:`REBAR`, :class:`RebarMessenger` (Tucker et al. 2017).
 """
 
 from ppl_vae.infer.arm import ARM, AntitheticBernoulliMessenger
@@ -33,6 +34,7 @@ from ppl_vae.infer.gumbel_softmax import GumbelSoftmax, RelaxedBernoulliMessenge
 from ppl_vae.infer.iwae_elbo import IWAE_ELBO
 from ppl_vae.infer.multi_sample_elbo import MultiSampleELBO
 from ppl_vae.infer.no_reparam import NonReparameterized, NoReparamMessenger, no_reparam
+from ppl_vae.infer.rebar import REBAR, RebarMessenger
 from ppl_vae.infer.reinforce_loo import ReinforceLOO
 from ppl_vae.infer.rws import ReweightedWakeSleep
 from ppl_vae.infer.stl_elbo import STL_ELBO
@@ -45,6 +47,8 @@ __all__ = [
     "DisARM",
     "GumbelSoftmax",
     "MultiSampleELBO",
+    "REBAR",
+    "RebarMessenger",
     "ReinforceLOO",
     "RelaxedBernoulliMessenger",
     "VIMCO",

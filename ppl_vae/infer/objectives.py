@@ -44,6 +44,8 @@ sleep``)
 ``gumbel-K``    ``GumbelSoftmax`` binary Concrete relaxation, option ``temperature`` (0.5); BIASED
                                   (Maddison et al. 2017; Jang et al. 2017)
 ``gumbel-st-K`` ``GumbelSoftmax`` straight-through Gumbel (``temperature`` 1.0); BIASED
+``rebar-K``     ``REBAR``         REINFORCE with the Concrete control variate, fixed ``eta`` (1.0)
+                                  and ``temperature`` (0.5) (Tucker et al. 2017)
 =============== ================= ==================================================================
 
 What an objective can do is a property of its ELBO class, read by :func:`can_infer_discrete`
@@ -79,6 +81,7 @@ from ppl_vae.infer.disarm import DisARM
 from ppl_vae.infer.dreg_elbo import DReG_ELBO
 from ppl_vae.infer.gumbel_softmax import GumbelSoftmax
 from ppl_vae.infer.iwae_elbo import IWAE_ELBO
+from ppl_vae.infer.rebar import REBAR
 from ppl_vae.infer.reinforce_loo import ReinforceLOO
 from ppl_vae.infer.rws import ReweightedWakeSleep
 from ppl_vae.infer.stl_elbo import STL_ELBO
@@ -463,3 +466,12 @@ def _gumbel_st(num_particles, vectorize_particles, temperature: float = 1.0):
                                                 temperature=_temperature(temperature),
                                                 straight_through=True,
                                                 vectorize_particles=vectorize_particles))
+
+
+@register_objective("rebar", REBAR,
+                    "REBAR for Bernoulli sites with fixed eta=1.0 and temperature=0.5 (Tucker et "
+                    "al. 2017); 3 model evaluations per sample", takes_k=True, compare=False)
+def _rebar(num_particles, vectorize_particles, temperature: float = 0.5, eta: float = 1.0):
+    return Objective("rebar", REBAR(num_particles=num_particles,
+                                    temperature=_temperature(temperature), eta=float(eta),
+                                    vectorize_particles=vectorize_particles))

@@ -42,7 +42,7 @@ def _pair(seed=0):
     return model, guide
 
 
-NEW = ["score-loo", "vimco", "arm", "disarm", "gumbel", "gumbel-st"]
+NEW = ["score-loo", "vimco", "arm", "disarm", "gumbel", "gumbel-st", "rebar"]
 
 
 def _flat_grad(tensors, params):
@@ -89,6 +89,8 @@ UNBIASED = [
     ("arm-2", 1, 300, False, 12),
     ("disarm", 1, 400, True, None),
     ("disarm-3", 1, 300, True, 12),
+    ("rebar", 1, 300, True, None),
+    ("rebar-2", 1, 150, False, 12),
 ]
 
 
@@ -142,7 +144,8 @@ def _bias(name, temperature, draws):
 def test_relaxed_estimators_are_biased_and_flagged():
     for name in ("gumbel", "gumbel-st"):
         assert objective_spec(name).biased and make_objective(name).biased
-    assert not any(objective_spec(n).biased for n in ("score-loo", "vimco", "arm", "disarm"))
+    assert not any(objective_spec(n).biased for n in ("score-loo", "vimco", "arm", "disarm",
+                                                      "rebar"))
     # at a large temperature the bias is far outside the Monte Carlo error (|z| > 5 in one of
     # 41 coordinates: p ~ 2e-5 for an unbiased estimator)
     for name in ("gumbel", "gumbel-st"):
@@ -208,7 +211,7 @@ def mixed_reference():
     return _draws("trace", model, guide, X3, 400, seed=8, options={"num_particles": 100})
 
 
-@pytest.mark.parametrize("name", ["score-loo-2", "arm", "disarm", "gumbel-st"])
+@pytest.mark.parametrize("name", ["score-loo-2", "arm", "disarm", "rebar", "gumbel-st"])
 def test_estimators_on_a_guide_mixing_bernoulli_and_gaussian_sites(mixed_reference, name):
     model, guide = MixedModel(), MixedGuide()
     g = _draws(name, model, guide, X3, 400, seed=9, options={"temperature": 1.0}
@@ -233,6 +236,7 @@ def test_registry_flags_options_and_refusals():
     assert make_objective("gumbel-st-3").elbo.num_particles == 3
     assert make_objective("gumbel-st").elbo.straight_through
     assert make_objective("gumbel", temperature=0.3).elbo.temperature == 0.3
+    assert make_objective("rebar", eta=0.5).elbo.eta == 0.5
     assert is_biased(make_objective("gumbel").elbo) and not is_biased(pyro.infer.Trace_ELBO)
     for name, options, message in (("vimco-1", {}, "at least 2"), ("score-loo-1", {}, "at least 2"),
                                    ("gumbel", {"temperature": 0.0}, "temperature"),
