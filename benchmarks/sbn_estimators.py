@@ -41,7 +41,7 @@ from ppl_vae.models import SigmoidBeliefNetwork
 from ppl_vae.nn import last_linear
 
 DEFAULT_ESTIMATORS = ["score-avg-2", "score-nn-2", "score-loo-2", "vimco-2", "arm", "disarm",
-                      "gumbel-st-2", "rws-2"]
+                      "gumbel-st-2", "rws-2", "rebar"]
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "binarized_mnist.npz"
 
 
