@@ -75,9 +75,10 @@ class ARM(MultiSampleELBO):
     joint factorized Bernoulli, which requires that no Bernoulli site's logits depend on
     another latent drawn after the first Bernoulli site (checked: the pair's logits must agree;
     a hierarchy of Bernoulli layers needs the layer-wise estimator of [1], not offered). Any
-    other non-reparameterized site is refused. Per data point and scaled by the subsampling
-    scale; with K pairs the estimates are averaged (2K model evaluations). ``loss`` is minus the
-    ELBO estimate averaged over the 2K samples.
+    other non-reparameterized site is refused; a guide without Bernoulli sites gets the
+    reparameterized gradient averaged over 2K independent samples. Per data point and scaled
+    by the subsampling scale; with K pairs the estimates are averaged (2K model evaluations).
+    ``loss`` is minus the ELBO estimate averaged over the 2K samples.
 
     :param int num_particles: K, the number of antithetic pairs.
     :param bool vectorize_particles: draw the K pairs in one vectorized trace each side.
@@ -102,15 +103,14 @@ class ARM(MultiSampleELBO):
         first = AntitheticBernoulliMessenger()
         model_a, guide_a = self._trace_pair(model, guide, args, kwargs, first)
         latents = [name for name, site in guide_a.nodes.items() if is_latent(site)]
-        if not first.logits:
-            raise NotImplementedError(f"{type(self).__name__}: the guide has no Bernoulli site")
         for name in latents:
             if name not in first.logits and not guide_a.nodes[name]["fn"].has_rsample:
                 raise NotImplementedError(
                     f"{type(self).__name__}: guide site {name!r} is neither Bernoulli nor "
                     "reparameterizable")
-        upstream = Trace()
-        for name in latents[: min(latents.index(n) for n in first.logits)]:
+        upstream = Trace()  # without Bernoulli sites the pair is two independent draws
+        first_bernoulli = min((latents.index(n) for n in first.logits), default=0)
+        for name in latents[:first_bernoulli]:
             upstream.add_node(name, **guide_a.nodes[name])
         second = AntitheticBernoulliMessenger(noise=first.noise)
         model_b, guide_b = self._trace_pair(
@@ -141,7 +141,8 @@ class ARM(MultiSampleELBO):
                 log_p, log_q, _ = self._parts(model_trace, guide_trace)
                 log_w = (log_p - log_q) / scale
                 # drop the direct d log q(b) / d phi of the Bernoulli sites (mean zero)
-                direct = sum(guide_trace.nodes[n]["log_prob"].sum() for n in handler.logits)
+                direct = sum((guide_trace.nodes[n]["log_prob"].sum() for n in handler.logits),
+                             torch.zeros(()))
                 objective = objective + log_w.sum() / 2
                 surrogate = surrogate + (log_w.sum() + (direct - direct.detach()) / scale) / 2
                 f.append(log_w.detach())

@@ -170,15 +170,6 @@ class MultiSampleELBO(ELBO):
     # trace helpers for subclasses --------------------------------------------------------
 
     @staticmethod
-    def _per_trace(particles: Particles, tensor: torch.Tensor):
-        """``[(model_trace, guide_trace, t)]``: ``tensor`` (particle dim first) split the way
-        the traces are (all particles for a vectorized trace, one each in a loop), each ``t``
-        right-aligned with its trace's site batch shapes."""
-        if particles.vectorized:
-            return [(*particles.traces[0], tensor)]
-        return [(m, g, tensor[k]) for k, (m, g) in enumerate(particles.traces)]
-
-    @staticmethod
     def at_site(t: torch.Tensor, site) -> torch.Tensor:
         """A per-data-point tensor ``t`` with the site's event dims appended (to broadcast
         against ``site['value']``)."""

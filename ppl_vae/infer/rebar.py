@@ -77,7 +77,8 @@ class REBAR(MultiSampleELBO):
     :math:`\nabla f(b)`, and the direct :math:`\nabla_\phi \log q(b)` term (mean zero) is left
     out, as in :class:`~ppl_vae.infer.arm.ARM`. Three model evaluations per sample, drawn by
     :class:`RebarMessenger`; latents sampled before the first Bernoulli site are shared by the
-    three (replayed); the restrictions are ARM's. K samples are averaged.
+    three (replayed); the restrictions are ARM's (a guide without Bernoulli sites gets the
+    reparameterized gradient). K samples are averaged.
 
     :param int num_particles: K samples per data point.
     :param float temperature: :math:`\lambda > 0` (0.5).
@@ -115,13 +116,13 @@ class REBAR(MultiSampleELBO):
         hard = RebarMessenger()
         model_b, guide_b = self._trace_pair(self._vec(model), self._vec(guide), args, kwargs,
                                             hard)
-        if not hard.logits:
-            raise NotImplementedError("REBAR: the guide has no Bernoulli site")
         latents = [n for n, s in guide_b.nodes.items() if is_latent(s)]
         for name in latents:
             if name not in hard.logits and not guide_b.nodes[name]["fn"].has_rsample:
                 raise NotImplementedError(f"REBAR: guide site {name!r} is neither Bernoulli nor "
                                           "reparameterizable")
+        if not hard.logits:  # nothing to relax: the reparameterized gradient of f(z)
+            return hard, (model_b, guide_b), []
         upstream = Trace()
         for name in latents[: min(latents.index(n) for n in hard.logits)]:
             upstream.add_node(name, **{**guide_b.nodes[name],
@@ -155,15 +156,16 @@ class REBAR(MultiSampleELBO):
             scale = data_scale(model_b)
             log_p, log_q, score = self._parts(model_b, guide_b)
             f_b = (log_p - log_q) / scale
-            direct = sum(guide_b.nodes[n]["log_prob"].sum() for n in hard.logits)
-            c = []
-            for m, g in relaxed:
-                lp, lq, _ = self._parts(m, g)
-                c.append(self.eta * (lp - lq) / scale)
+            direct = sum((guide_b.nodes[n]["log_prob"].sum() for n in hard.logits), torch.zeros(()))
             objective = objective + f_b.sum()
-            surrogate = (surrogate + f_b.sum() + (direct - direct.detach()) / scale
-                         + ((f_b.detach() - c[1].detach()) * score).sum()
-                         + (c[0] - c[1]).sum())
+            surrogate = surrogate + f_b.sum() + (direct - direct.detach()) / scale
+            if relaxed:
+                c = []
+                for m, g in relaxed:
+                    lp, lq, _ = self._parts(m, g)
+                    c.append(self.eta * (lp - lq) / scale)
+                surrogate = (surrogate + ((f_b.detach() - c[1].detach()) * score).sum()
+                             + (c[0] - c[1]).sum())
         k = self.num_particles
         return scale * objective / k, scale * surrogate / k
 
