@@ -7,7 +7,6 @@ neural baseline). Every name below trains with ``ppl-vae train --objective NAME`
 ``ppl-vae grad-variance`` and compared by ``ppl-vae compare-estimators``; each works on *any* Pyro
 model/guide pair whose plates Pyro's ELBOs accept (``max_plate_nesting`` is found by Pyro).
 
-============== ================================== ==================================================
 name           ELBO class                         gradient estimator
 ============== ================================== ==================================================
 ``trace``      ``Trace_ELBO``                     Monte Carlo ELBO; pathwise (reparameterized)
@@ -40,13 +39,60 @@ name           ELBO class                         gradient estimator
                                                   dreams (z, x) ~ p (Hinton et al. 1995); alias
                                                   ``wake-sleep``
 ============== ================================== ==================================================
+=======
+=============== ================= ==================================================================
+name (aliases)  ELBO class        gradient estimator
+=============== ================= ==================================================================
+``trace``       ``Trace_ELBO``    Monte Carlo ELBO; pathwise (reparameterized) gradient, score
+(``reparam``)                     function where a latent is not reparameterizable
+``meanfield``   ``TraceMeanField  E_q log p(x|z) - KL(q||p), the KL in closed form (Kingma & Welling
+(``analytic-    _ELBO``           2014, App. B); reparameterized latents only
+kl``)
+``tracegraph``  ``TraceGraph_     score function Rao-Blackwellized with the dependency graph
+                ELBO``            (Williams 1992; Ranganath et al. 2014)
+``score``       ``TraceGraph_     score function on the *same* continuous latent (reparameterization
+                ELBO``            switched off by
+                :class:`~ppl_vae.infer.no_reparam.NoReparamMessenger`)
+``score-avg``   ``AverageBaseline ``score`` minus a decaying-average baseline (option
+``baseline_beta``)
+                TraceGraph_ELBO``
+``score-nn``    ``AverageBaseline ``score`` minus the average plus a learned b_psi(x) (NVIL, Mnih &
+                TraceGraph_ELBO`` Gregor 2014; options ``x_dim``, ``baseline_hidden``,
+                ``baseline_beta``)
+``iwae-K``      ``IWAE_ELBO``     importance-weighted bound L_K (Burda et al. 2016)
+``rws-K``       ``ReweightedWake  reweighted wake-sleep (Bornschein & Bengio 2015); K >= 2
+                Sleep``
+``stl``         ``STL_ELBO``      sticking the landing (Roeder et al. 2017)
+``dreg-K``      ``DReG_ELBO``     doubly-reparameterized IWAE gradient (Tucker et al. 2018)
+``enum``        ``TraceEnum_      discrete sites marked for parallel enumeration
+                ELBO``            (``config_enumerate``) summed out exactly, the others as ``trace``
+``ws``          ``WakeSleep``     wake-sleep: wake-theta on z ~ q(z|x), sleep-phi on dreams
+(``wake-                          (z, x) ~ p (Hinton et al. 1995)
+sleep``)
+``score-loo-K`` ``ReinforceLOO``  score function with the leave-one-out baseline over K >= 2
+                                  samples (Kool et al. 2019)
+``vimco-K``     ``VIMCO``         L_K with leave-one-out geometric-mean learning signals (Mnih &
+                                  Rezende 2016); K >= 2
+``arm-K``       ``ARM``           augment-REINFORCE-merge, K antithetic pairs, Bernoulli sites
+                                  (Yin & Zhou 2019)
+``disarm-K``    ``DisARM``        ARM with the noise integrated out (Dong, Mnih & Tucker 2020)
+``gumbel-K``    ``GumbelSoftmax`` binary Concrete relaxation, option ``temperature`` (0.5); BIASED
+                                  (Maddison et al. 2017; Jang et al. 2017)
+``gumbel-st-K`` ``GumbelSoftmax`` straight-through Gumbel (``temperature`` 1.0); BIASED
+``rebar-K``     ``REBAR``         REINFORCE with the Concrete control variate, fixed ``eta`` (1.0)
+                                  and ``temperature`` (0.5) (Tucker et al. 2017)
+=============== ================= ==================================================================
 
 What an objective can do is a property of its ELBO class, read by :func:`can_infer_discrete`
 (``can_infer_discrete``, as in NumPyro): whether it gives correct gradients when a latent guide
 site is not reparameterizable (a sigmoid belief network's Bernoulli latents). A ``-K`` suffix sets
 the particle count of names that take one (``iwae-5``); names without a suffix use the objective's
 default (1, or 5 for ``rws``). Factories reject options they do not take and impossible particle
-counts (``rws-1``).
+counts (``rws-1``). An objective whose gradient is *biased* for its own objective (the relaxed
+estimators) declares ``biased = True`` on its ELBO class, read by :func:`is_biased`. The names
+after ``ws`` (the discrete-latent estimators) are not in the default comparison list
+(``compare=False``); :mod:`benchmarks.sbn_estimators` compares them on the sigmoid belief
+network.
 """
 
 from __future__ import annotations
@@ -60,15 +106,21 @@ import pyro.infer
 from torch import nn
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.infer.arm import ARM
 from ppl_vae.infer.baselines import (
     AverageBaselineTraceGraph_ELBO,
     NeuralBaseline,
     score_function_guide,
 )
+from ppl_vae.infer.disarm import DisARM
 from ppl_vae.infer.dreg_elbo import DReG_ELBO
+from ppl_vae.infer.gumbel_softmax import GumbelSoftmax
 from ppl_vae.infer.iwae_elbo import IWAE_ELBO
+from ppl_vae.infer.rebar import REBAR
+from ppl_vae.infer.reinforce_loo import ReinforceLOO
 from ppl_vae.infer.rws import ReweightedWakeSleep
 from ppl_vae.infer.stl_elbo import STL_ELBO
+from ppl_vae.infer.vimco import VIMCO
 from ppl_vae.infer.wake_sleep import WakeSleep
 
 __all__ = [
@@ -77,6 +129,7 @@ __all__ = [
     "available_objectives",
     "can_infer_discrete",
     "comparison_objectives",
+    "is_biased",
     "make_objective",
     "objective_spec",
     "parse_objective_list",
@@ -109,6 +162,13 @@ def can_infer_discrete(elbo) -> bool:
     return False
 
 
+def is_biased(elbo) -> bool:
+    """Whether the ELBO class (or instance) ``elbo`` declares its gradient estimate biased for
+    the objective it reports (class attribute ``biased``; False where none is declared)."""
+    cls = elbo if isinstance(elbo, type) else type(elbo)
+    return bool(getattr(cls, "biased", False))
+
+
 def _identity(fn):
     return fn
 
@@ -130,6 +190,10 @@ class Objective:
     @property
     def can_infer_discrete(self) -> bool:
         return can_infer_discrete(self.elbo)
+
+    @property
+    def biased(self) -> bool:
+        return is_biased(self.elbo)
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """-objective estimate (a float); accumulates the gradient estimate into ``.grad``."""
@@ -184,6 +248,10 @@ class ObjectiveSpec:
     @property
     def can_infer_discrete(self) -> bool:
         return can_infer_discrete(self.elbo_class)
+
+    @property
+    def biased(self) -> bool:
+        return is_biased(self.elbo_class)
 
 
 _REGISTRY: dict[str, ObjectiveSpec] = {}
@@ -393,3 +461,75 @@ def _dreg(num_particles, vectorize_particles):
                     aliases=("wake-sleep",), compare=False)
 def _ws(num_particles, vectorize_particles, observed: str = "x"):
     return Objective("ws", WakeSleep(num_particles=num_particles, observed=observed))
+
+
+# --- gradient estimators for discrete (Bernoulli) latents (issue 19) ----------------------------
+
+
+@register_objective("score-loo", ReinforceLOO,
+                    "score function with the leave-one-out baseline over K >= 2 samples (Kool "
+                    "et al. 2019); K=2 unless score-loo-K",
+                    takes_k=True, default_particles=2, min_particles=2, compare=False)
+def _score_loo(num_particles, vectorize_particles):
+    return Objective("score-loo", ReinforceLOO(num_particles=num_particles,
+                                               vectorize_particles=vectorize_particles))
+
+
+@register_objective("vimco", VIMCO,
+                    "VIMCO: L_K with leave-one-out geometric-mean learning signals (Mnih & "
+                    "Rezende 2016); K=2 unless vimco-K",
+                    takes_k=True, default_particles=2, min_particles=2, compare=False)
+def _vimco(num_particles, vectorize_particles):
+    return Objective("vimco", VIMCO(num_particles=num_particles,
+                                    vectorize_particles=vectorize_particles))
+
+
+@register_objective("arm", ARM,
+                    "ARM for Bernoulli sites, K antithetic pairs (Yin & Zhou 2019); 1 pair unless "
+                    "arm-K", takes_k=True, compare=False)
+def _arm(num_particles, vectorize_particles):
+    return Objective("arm", ARM(num_particles=num_particles,
+                                vectorize_particles=vectorize_particles))
+
+
+@register_objective("disarm", DisARM,
+                    "DisARM for Bernoulli sites, K antithetic pairs (Dong, Mnih & Tucker 2020); "
+                    "1 pair unless disarm-K", takes_k=True, compare=False)
+def _disarm(num_particles, vectorize_particles):
+    return Objective("disarm", DisARM(num_particles=num_particles,
+                                      vectorize_particles=vectorize_particles))
+
+
+def _temperature(temperature) -> float:
+    if not float(temperature) > 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    return float(temperature)
+
+
+@register_objective("gumbel", GumbelSoftmax,
+                    "binary Concrete / Gumbel-softmax relaxation of Bernoulli sites (Maddison et "
+                    "al. 2017; Jang et al. 2017), temperature=0.5; biased",
+                    takes_k=True, compare=False)
+def _gumbel(num_particles, vectorize_particles, temperature: float = 0.5):
+    return Objective("gumbel", GumbelSoftmax(num_particles=num_particles,
+                                             temperature=_temperature(temperature),
+                                             vectorize_particles=vectorize_particles))
+
+
+@register_objective("gumbel-st", GumbelSoftmax,
+                    "straight-through Gumbel estimator of Bernoulli sites (Jang et al. 2017), "
+                    "temperature=1.0; biased", takes_k=True, compare=False)
+def _gumbel_st(num_particles, vectorize_particles, temperature: float = 1.0):
+    return Objective("gumbel-st", GumbelSoftmax(num_particles=num_particles,
+                                                temperature=_temperature(temperature),
+                                                straight_through=True,
+                                                vectorize_particles=vectorize_particles))
+
+
+@register_objective("rebar", REBAR,
+                    "REBAR for Bernoulli sites with fixed eta=1.0 and temperature=0.5 (Tucker et "
+                    "al. 2017); 3 model evaluations per sample", takes_k=True, compare=False)
+def _rebar(num_particles, vectorize_particles, temperature: float = 0.5, eta: float = 1.0):
+    return Objective("rebar", REBAR(num_particles=num_particles,
+                                    temperature=_temperature(temperature), eta=float(eta),
+                                    vectorize_particles=vectorize_particles))

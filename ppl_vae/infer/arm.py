@@ -1,0 +1,158 @@
+"""ARM: the augment-REINFORCE-merge estimator for Bernoulli latents (Yin & Zhou 2019), and the
+effect handler that draws its antithetic pairs (shared with :mod:`ppl_vae.infer.disarm`)."""
+
+from __future__ import annotations
+
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
+
+from ppl_vae.infer.multi_sample_elbo import MultiSampleELBO, bernoulli_logits, is_latent
+from ppl_vae.infer.util import data_scale
+
+__all__ = ["ARM", "AntitheticBernoulliMessenger"]
+
+
+class AntitheticBernoulliMessenger(Messenger):
+    """Effect handler: draw every latent Bernoulli site as ``b = 1[u < sigmoid(logits)]`` from
+    uniform noise ``u`` (recorded in ``self.noise``), or, given the ``noise`` of a first draw, as
+    its antithetic partner ``1[1 - u < sigmoid(logits)]``. The logits of each site are recorded
+    in ``self.logits`` (with their gradient path). Put it around the guide *outside* any
+    vectorized particle plate, so that it sees the sites' full batch shapes.
+
+    :param dict noise: the ``noise`` of the first draw of the pair, or None for a first draw.
+    """
+
+    def __init__(self, noise=None):
+        super().__init__()
+        self.antithetic = noise is not None
+        self.noise = {} if noise is None else noise
+        self.logits = {}
+
+    def _pyro_sample(self, msg):
+        if msg["is_observed"] or site_is_subsample(msg) or msg["value"] is not None:
+            return
+        logits = bernoulli_logits(msg["fn"])
+        if logits is None:
+            return
+        name = msg["name"]
+        if self.antithetic:
+            u = 1.0 - self.noise[name]
+        else:
+            u = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device)
+            self.noise[name] = u
+        self.logits[name] = logits
+        msg["value"] = (u < torch.sigmoid(logits.detach())).to(logits.dtype)
+
+
+class ARM(MultiSampleELBO):
+    r"""The augment-REINFORCE-merge (ARM) gradient estimator [1] of the ELBO for the Bernoulli
+    latent sites of any guide, with K antithetic pairs.
+
+    For a factorized Bernoulli :math:`q(b) = \prod_j \mathrm{Bernoulli}(b_j; \sigma(\alpha_j))`
+    with logits :math:`\alpha = \alpha_\phi(x)` and :math:`f(b) = \log p_\theta(x, b) -
+    \log q_\phi(b|x)`, draw :math:`u \sim U(0, 1)^J` and the antithetic pair
+
+    .. math::
+
+        b = \mathbf{1}[u < \sigma(\alpha)], \qquad \tilde b = \mathbf{1}[1 - u < \sigma(\alpha)],
+
+        \nabla_\alpha \mathbb{E}_q[f(b)] \approx \big( f(\tilde b) - f(b) \big)
+        \big( u - \tfrac{1}{2} \big)
+
+    (eq. (5) of [1], an unbiased estimate; both :math:`b` and :math:`\tilde b` are draws from
+    q). The estimate is chained to :math:`\phi` through the logits, :math:`\alpha` read from the
+    guide trace's site ``fn`` (a ``Bernoulli(logits=...)``, possibly ``.to_event``-wrapped); the
+    pair is drawn by :class:`AntitheticBernoulliMessenger`, so neither model nor guide has to
+    know. The direct dependence of :math:`f` on :math:`\phi` through :math:`\log q_\phi(b|x)`
+    has expectation zero and is left out; :math:`\theta` gets
+    :math:`\tfrac12 (\nabla_\theta \log p(x, b) + \nabla_\theta \log p(x, \tilde b))`.
+    Reparameterized continuous sites keep their pathwise gradient (averaged over the pair);
+    those sampled before the first Bernoulli site are shared by the pair (replayed), the later
+    ones are drawn afresh, which leaves the estimator unbiased. Several Bernoulli sites form one
+    joint factorized Bernoulli, which requires that no Bernoulli site's logits depend on
+    another latent drawn after the first Bernoulli site (checked: the pair's logits must agree;
+    a hierarchy of Bernoulli layers needs the layer-wise estimator of [1], not offered). Any
+    other non-reparameterized site is refused; a guide without Bernoulli sites gets the
+    reparameterized gradient averaged over 2K independent samples. Per data point and scaled
+    by the subsampling scale; with K pairs the estimates are averaged (2K model evaluations).
+    ``loss`` is minus the ELBO estimate averaged over the 2K samples.
+
+    :param int num_particles: K, the number of antithetic pairs.
+    :param bool vectorize_particles: draw the K pairs in one vectorized trace each side.
+    :param max_plate_nesting: as in :class:`~pyro.infer.elbo.ELBO`.
+
+    References
+
+    [1] M. Yin, M. Zhou, "ARM: Augment-REINFORCE-merge gradient for stochastic binary
+    networks", ICLR 2019.
+
+    Example::
+
+        from ppl_vae.infer.arm import ARM
+        loss = ARM(num_particles=1).loss_and_grads(model, guide, x)   # one pair: 2 samples
+    """
+
+    def _signal(self, f_a, f_b, u, logits, b_a, b_b):
+        """d objective / d logits for one pair (detached), broadcast to the site's shape."""
+        return (f_b - f_a) * (u - 0.5)
+
+    def _pair(self, model, guide, args, kwargs):
+        first = AntitheticBernoulliMessenger()
+        model_a, guide_a = self._trace_pair(model, guide, args, kwargs, first)
+        latents = [name for name, site in guide_a.nodes.items() if is_latent(site)]
+        for name in latents:
+            if name not in first.logits and not guide_a.nodes[name]["fn"].has_rsample:
+                raise NotImplementedError(
+                    f"{type(self).__name__}: guide site {name!r} is neither Bernoulli nor "
+                    "reparameterizable")
+        upstream = Trace()  # without Bernoulli sites the pair is two independent draws
+        first_bernoulli = min((latents.index(n) for n in first.logits), default=0)
+        for name in latents[:first_bernoulli]:
+            upstream.add_node(name, **guide_a.nodes[name])
+        second = AntitheticBernoulliMessenger(noise=first.noise)
+        model_b, guide_b = self._trace_pair(
+            model, guide, args, kwargs, lambda g: poutine.replay(second(g), trace=upstream))
+        for name, logits in first.logits.items():
+            if not torch.equal(logits.detach(), second.logits[name].detach()):
+                raise NotImplementedError(
+                    f"{type(self).__name__}: the logits of Bernoulli site {name!r} depend on "
+                    "another latent drawn after the first Bernoulli site; the antithetic pair "
+                    "needs a single factorized Bernoulli layer")
+        return first, (model_a, guide_a), (model_b, guide_b)
+
+    def _particles(self, model, guide, args, kwargs):
+        if self.vectorize_particles:
+            if self.max_plate_nesting == float("inf"):
+                self._guess_max_plate_nesting(model, guide, args, kwargs)
+            model, guide = self._vectorized_num_particles(model), self._vectorized_num_particles(
+                guide)
+            return [self._pair(model, guide, args, kwargs)]
+        return [self._pair(model, guide, args, kwargs) for _ in range(self.num_particles)]
+
+    def _surrogate(self, pairs):
+        objective, surrogate = 0.0, 0.0
+        for handler, (model_a, guide_a), (model_b, guide_b) in pairs:
+            scale = data_scale(model_a)
+            f = []
+            for model_trace, guide_trace in ((model_a, guide_a), (model_b, guide_b)):
+                log_p, log_q, _ = self._parts(model_trace, guide_trace)
+                log_w = (log_p - log_q) / scale
+                # drop the direct d log q(b) / d phi of the Bernoulli sites (mean zero)
+                direct = sum((guide_trace.nodes[n]["log_prob"].sum() for n in handler.logits),
+                             torch.zeros(()))
+                objective = objective + log_w.sum() / 2
+                surrogate = surrogate + (log_w.sum() + (direct - direct.detach()) / scale) / 2
+                f.append(log_w.detach())
+            for name, logits in handler.logits.items():
+                site_a, site_b = guide_a.nodes[name], guide_b.nodes[name]
+                signal = self._signal(self.at_site(f[0], site_a), self.at_site(f[1], site_a),
+                                      handler.noise[name], logits.detach(), site_a["value"],
+                                      site_b["value"])
+                if torch.is_tensor(site_a["mask"]):
+                    signal = signal * self.at_site(site_a["mask"].to(signal.dtype), site_a)
+                surrogate = surrogate + (signal * logits).sum()
+        k = self.num_particles
+        return scale * objective / k, scale * surrogate / k
