@@ -84,13 +84,19 @@ class ARM(MultiSampleELBO):
     :param bool vectorize_particles: draw the K pairs in one vectorized trace each side.
     :param max_plate_nesting: as in :class:`~pyro.infer.elbo.ELBO`.
 
-    References
+    **References**
 
     [1] M. Yin, M. Zhou, "ARM: Augment-REINFORCE-merge gradient for stochastic binary
     networks", ICLR 2019.
 
     Example::
 
+        import torch
+        from ppl_vae.guides import BernoulliGuide
+        from ppl_vae.models import SigmoidBeliefNetwork
+
+        model, guide = SigmoidBeliefNetwork(20, 4), BernoulliGuide(20, 4)
+        x = torch.rand(8, 20).bernoulli()
         from ppl_vae.infer.arm import ARM
         loss = ARM(num_particles=1).loss_and_grads(model, guide, x)   # one pair: 2 samples
     """

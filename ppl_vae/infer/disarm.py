@@ -34,7 +34,7 @@ class DisARM(ARM):
     :param bool vectorize_particles: draw the K pairs in one vectorized trace each side.
     :param max_plate_nesting: as in :class:`~pyro.infer.elbo.ELBO`.
 
-    References
+    **References**
 
     [1] Z. Dong, A. Mnih, G. Tucker, "DisARM: An antithetic gradient estimator for binary
     latent variables", NeurIPS 2020.
@@ -44,6 +44,12 @@ class DisARM(ARM):
 
     Example::
 
+        import torch
+        from ppl_vae.guides import BernoulliGuide
+        from ppl_vae.models import SigmoidBeliefNetwork
+
+        model, guide = SigmoidBeliefNetwork(20, 4), BernoulliGuide(20, 4)
+        x = torch.rand(8, 20).bernoulli()
         from ppl_vae.infer.disarm import DisARM
         loss = DisARM(num_particles=1).loss_and_grads(model, guide, x)   # one pair: 2 samples
     """

@@ -75,8 +75,9 @@ class GumbelSoftmax(MultiSampleELBO):
     :param bool straight_through: forward pass at the exact draw.
     :param bool vectorize_particles: draw the K samples in one vectorized trace.
     :param max_plate_nesting: as in :class:`~pyro.infer.elbo.ELBO`.
+    :param bool strict_enumeration_warning: as in :class:`~pyro.infer.elbo.ELBO`.
 
-    References
+    **References**
 
     [1] C. J. Maddison, A. Mnih, Y. W. Teh, "The Concrete distribution: a continuous relaxation
     of discrete random variables", ICLR 2017.
@@ -86,6 +87,12 @@ class GumbelSoftmax(MultiSampleELBO):
 
     Example::
 
+        import torch
+        from ppl_vae.guides import BernoulliGuide
+        from ppl_vae.models import SigmoidBeliefNetwork
+
+        model, guide = SigmoidBeliefNetwork(20, 4), BernoulliGuide(20, 4)
+        x = torch.rand(8, 20).bernoulli()
         from ppl_vae.infer.gumbel_softmax import GumbelSoftmax
         elbo = GumbelSoftmax(num_particles=2, temperature=1.0, straight_through=True)
         loss = elbo.loss_and_grads(model, guide, x)

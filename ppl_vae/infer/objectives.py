@@ -7,81 +7,58 @@ neural baseline). Every name below trains with ``ppl-vae train --objective NAME`
 ``ppl-vae grad-variance`` and compared by ``ppl-vae compare-estimators``; each works on *any* Pyro
 model/guide pair whose plates Pyro's ELBOs accept (``max_plate_nesting`` is found by Pyro).
 
-name           ELBO class                         gradient estimator
-============== ================================== ==================================================
-``trace``      ``Trace_ELBO``                     Monte Carlo ELBO; pathwise (reparameterized)
-                                                  gradient, score function where a latent is not
-                                                  reparameterizable; alias ``reparam``
-``meanfield``  ``TraceMeanField_ELBO``            E_q log p(x|z) - KL(q||p), the KL in closed form
-                                                  (Kingma & Welling 2014, App. B); reparameterized
-                                                  latents only; alias ``analytic-kl``
-``tracegraph`` ``TraceGraph_ELBO``                score function Rao-Blackwellized with the
-                                                  dependency graph (Williams 1992; Ranganath et al.
-                                                  2014)
-``score``      ``TraceGraph_ELBO``                score function on the *same* continuous latent
-                                                  (reparameterization switched off by
-                                                  :class:`~ppl_vae.infer.no_reparam.NoReparamMessenger`)
-``score-avg``  ``AverageBaselineTraceGraph_ELBO`` ``score`` minus a decaying-average baseline
-                                                  (option ``baseline_beta``)
-``score-nn``   ``AverageBaselineTraceGraph_ELBO`` ``score`` minus the average plus a learned
-                                                  b_psi(x) (NVIL, Mnih & Gregor 2014; options
-                                                  ``x_dim``, ``baseline_hidden``, ``baseline_beta``)
-``iwae-K``     ``IWAE_ELBO``                      importance-weighted bound L_K (Burda et al. 2016)
-``rws-K``      ``ReweightedWakeSleep``            reweighted wake-sleep (Bornschein & Bengio 2015);
-                                                  K >= 2
-``stl``        ``STL_ELBO``                       sticking the landing (Roeder et al. 2017)
-``dreg-K``     ``DReG_ELBO``                      doubly-reparameterized IWAE gradient (Tucker et
-                                                  al. 2018)
-``enum``       ``TraceEnum_ELBO``                 discrete sites marked for parallel enumeration
-                                                  (``config_enumerate``) summed out exactly, the
-                                                  others as ``trace``
-``ws``         ``WakeSleep``                      wake-sleep: wake-theta on z ~ q(z|x), sleep-phi on
-                                                  dreams (z, x) ~ p (Hinton et al. 1995); alias
-                                                  ``wake-sleep``
-============== ================================== ==================================================
-=======
-=============== ================= ==================================================================
-name (aliases)  ELBO class        gradient estimator
-=============== ================= ==================================================================
-``trace``       ``Trace_ELBO``    Monte Carlo ELBO; pathwise (reparameterized) gradient, score
-(``reparam``)                     function where a latent is not reparameterizable
-``meanfield``   ``TraceMeanField  E_q log p(x|z) - KL(q||p), the KL in closed form (Kingma & Welling
-(``analytic-    _ELBO``           2014, App. B); reparameterized latents only
-kl``)
-``tracegraph``  ``TraceGraph_     score function Rao-Blackwellized with the dependency graph
-                ELBO``            (Williams 1992; Ranganath et al. 2014)
-``score``       ``TraceGraph_     score function on the *same* continuous latent (reparameterization
-                ELBO``            switched off by
-                :class:`~ppl_vae.infer.no_reparam.NoReparamMessenger`)
-``score-avg``   ``AverageBaseline ``score`` minus a decaying-average baseline (option
-``baseline_beta``)
-                TraceGraph_ELBO``
-``score-nn``    ``AverageBaseline ``score`` minus the average plus a learned b_psi(x) (NVIL, Mnih &
-                TraceGraph_ELBO`` Gregor 2014; options ``x_dim``, ``baseline_hidden``,
-                ``baseline_beta``)
-``iwae-K``      ``IWAE_ELBO``     importance-weighted bound L_K (Burda et al. 2016)
-``rws-K``       ``ReweightedWake  reweighted wake-sleep (Bornschein & Bengio 2015); K >= 2
-                Sleep``
-``stl``         ``STL_ELBO``      sticking the landing (Roeder et al. 2017)
-``dreg-K``      ``DReG_ELBO``     doubly-reparameterized IWAE gradient (Tucker et al. 2018)
-``enum``        ``TraceEnum_      discrete sites marked for parallel enumeration
-                ELBO``            (``config_enumerate``) summed out exactly, the others as ``trace``
-``ws``          ``WakeSleep``     wake-sleep: wake-theta on z ~ q(z|x), sleep-phi on dreams
-(``wake-                          (z, x) ~ p (Hinton et al. 1995)
-sleep``)
-``score-loo-K`` ``ReinforceLOO``  score function with the leave-one-out baseline over K >= 2
-                                  samples (Kool et al. 2019)
-``vimco-K``     ``VIMCO``         L_K with leave-one-out geometric-mean learning signals (Mnih &
-                                  Rezende 2016); K >= 2
-``arm-K``       ``ARM``           augment-REINFORCE-merge, K antithetic pairs, Bernoulli sites
-                                  (Yin & Zhou 2019)
-``disarm-K``    ``DisARM``        ARM with the noise integrated out (Dong, Mnih & Tucker 2020)
-``gumbel-K``    ``GumbelSoftmax`` binary Concrete relaxation, option ``temperature`` (0.5); BIASED
-                                  (Maddison et al. 2017; Jang et al. 2017)
-``gumbel-st-K`` ``GumbelSoftmax`` straight-through Gumbel (``temperature`` 1.0); BIASED
-``rebar-K``     ``REBAR``         REINFORCE with the Concrete control variate, fixed ``eta`` (1.0)
-                                  and ``temperature`` (0.5) (Tucker et al. 2017)
-=============== ================= ==================================================================
+================ =================================== ==============================================
+name             ELBO class                          gradient estimator
+================ =================================== ==============================================
+``trace``        ``Trace_ELBO``                      Monte Carlo ELBO; pathwise (reparameterized)
+                                                     gradient, score function where a latent is not
+                                                     reparameterizable; alias ``reparam``
+``meanfield``    ``TraceMeanField_ELBO``             E_q log p(x|z) - KL(q||p), the KL in closed
+                                                     form (Kingma & Welling 2014, App. B);
+                                                     reparameterized latents only; alias
+                                                     ``analytic-kl``
+``tracegraph``   ``TraceGraph_ELBO``                 score function Rao-Blackwellized with the
+                                                     dependency graph (Williams 1992; Ranganath et
+                                                     al. 2014)
+``score``        ``TraceGraph_ELBO``                 score function on the *same* continuous latent
+                                                     (reparameterization switched off by
+                                                     :class:`~ppl_vae.infer.no_reparam.NoReparamMessenger`)
+``score-avg``    ``AverageBaselineTraceGraph_ELBO``  ``score`` minus a decaying-average baseline
+                                                     (option ``baseline_beta``)
+``score-nn``     ``AverageBaselineTraceGraph_ELBO``  ``score`` minus the average plus a learned
+                                                     b_psi(x) (NVIL, Mnih & Gregor 2014; options
+                                                     ``x_dim``, ``baseline_hidden``,
+                                                     ``baseline_beta``)
+``iwae-K``       ``IWAE_ELBO``                       importance-weighted bound L_K (Burda et al.
+                                                     2016)
+``rws-K``        ``ReweightedWakeSleep``             reweighted wake-sleep (Bornschein & Bengio
+                                                     2015); K >= 2
+``stl``          ``STL_ELBO``                        sticking the landing (Roeder et al. 2017)
+``dreg-K``       ``DReG_ELBO``                       doubly-reparameterized IWAE gradient (Tucker
+                                                     et al. 2018)
+``enum``         ``TraceEnum_ELBO``                  discrete sites marked for parallel enumeration
+                                                     (``config_enumerate``) summed out exactly, the
+                                                     others as ``trace``
+``ws``           ``WakeSleep``                       wake-sleep: wake-theta on z ~ q(z|x),
+                                                     sleep-phi on dreams (z, x) ~ p (Hinton et al.
+                                                     1995); alias ``wake-sleep``
+``score-loo-K``  ``ReinforceLOO``                    score function with the leave-one-out baseline
+                                                     over K >= 2 samples (Kool et al. 2019)
+``vimco-K``      ``VIMCO``                           L_K with leave-one-out geometric-mean learning
+                                                     signals (Mnih & Rezende 2016); K >= 2
+``arm-K``        ``ARM``                             augment-REINFORCE-merge, K antithetic pairs,
+                                                     Bernoulli sites (Yin & Zhou 2019)
+``disarm-K``     ``DisARM``                          ARM with the noise integrated out (Dong, Mnih
+                                                     & Tucker 2020)
+``gumbel-K``     ``GumbelSoftmax``                   binary Concrete relaxation, option
+                                                     ``temperature`` (0.5); BIASED (Maddison et al.
+                                                     2017; Jang et al. 2017)
+``gumbel-st-K``  ``GumbelSoftmax``                   straight-through Gumbel (``temperature`` 1.0);
+                                                     BIASED
+``rebar-K``      ``REBAR``                           REINFORCE with the Concrete control variate,
+                                                     fixed ``eta`` (1.0) and ``temperature`` (0.5)
+                                                     (Tucker et al. 2017)
+================ =================================== ==============================================
 
 What an objective can do is a property of its ELBO class, read by :func:`can_infer_discrete`
 (``can_infer_discrete``, as in NumPyro): whether it gives correct gradients when a latent guide

@@ -58,13 +58,15 @@ class RebarMessenger(Messenger):
 class REBAR(MultiSampleELBO):
     r"""The REBAR gradient estimator [1] of the ELBO for the Bernoulli latent sites of any guide,
     with fixed control-variate scale :math:`\eta` and temperature :math:`\lambda` (unbiased for
-    any fixed values; [1] also tunes both by minimizing the variance, not done here).
+    any fixed values; [1] also tunes both by minimizing the variance, and RELAX [2] learns a
+    control variate, neither done here).
 
     With logits :math:`\alpha`, :math:`z = \alpha + \log\frac{u}{1-u}`, :math:`b = H(z) \sim
     \mathrm{Bernoulli}(\sigma(\alpha))`, :math:`\tilde z \sim p(z | b)` (reparameterized given
     :math:`b`), the relaxation :math:`\sigma_\lambda(z) = \sigma(z / \lambda)`, the control
     variate :math:`c(z) = \eta f(\sigma_\lambda(z))` and :math:`f = \log p_\theta(x, \cdot) -
-    \log q_\phi(\cdot|x)` (Bernoulli log-densities extended to [0, 1] linearly in the value),
+    \log q_\phi(\cdot|x)` (Bernoulli log-densities extended to the unit interval linearly in
+    the value),
 
     .. math::
 
@@ -85,8 +87,9 @@ class REBAR(MultiSampleELBO):
     :param float eta: :math:`\eta` (1.0).
     :param bool vectorize_particles: draw the K samples in one vectorized trace.
     :param max_plate_nesting: as in :class:`~pyro.infer.elbo.ELBO`.
+    :param bool strict_enumeration_warning: as in :class:`~pyro.infer.elbo.ELBO`.
 
-    References
+    **References**
 
     [1] G. Tucker, A. Mnih, C. J. Maddison, D. Lawson, J. Sohl-Dickstein, "REBAR: Low-variance,
     unbiased gradient estimates for discrete latent variable models", NeurIPS 2017.
@@ -96,6 +99,12 @@ class REBAR(MultiSampleELBO):
 
     Example::
 
+        import torch
+        from ppl_vae.guides import BernoulliGuide
+        from ppl_vae.models import SigmoidBeliefNetwork
+
+        model, guide = SigmoidBeliefNetwork(20, 4), BernoulliGuide(20, 4)
+        x = torch.rand(8, 20).bernoulli()
         from ppl_vae.infer.rebar import REBAR
         loss = REBAR(num_particles=1, temperature=0.5).loss_and_grads(model, guide, x)
     """

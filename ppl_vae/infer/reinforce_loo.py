@@ -31,7 +31,7 @@ class ReinforceLOO(MultiSampleELBO):
     :param bool vectorize_particles: draw the K particles in one vectorized trace.
     :param max_plate_nesting: as in :class:`~pyro.infer.elbo.ELBO`.
 
-    References
+    **References**
 
     [1] W. Kool, H. van Hoof, M. Welling, "Buy 4 REINFORCE samples, get a baseline for free!",
     ICLR 2019 Deep RL Meets Structured Prediction workshop.
@@ -41,6 +41,12 @@ class ReinforceLOO(MultiSampleELBO):
 
     Example::
 
+        import torch
+        from ppl_vae.guides import BernoulliGuide
+        from ppl_vae.models import SigmoidBeliefNetwork
+
+        model, guide = SigmoidBeliefNetwork(20, 4), BernoulliGuide(20, 4)
+        x = torch.rand(8, 20).bernoulli()
         from ppl_vae.infer.reinforce_loo import ReinforceLOO
         loss = ReinforceLOO(num_particles=2).loss_and_grads(model, guide, x)
     """

@@ -41,7 +41,7 @@ class VIMCO(MultiSampleELBO):
     :param bool vectorize_particles: draw the K particles in one vectorized trace.
     :param max_plate_nesting: as in :class:`~pyro.infer.elbo.ELBO` (found by Pyro by default).
 
-    References
+    **References**
 
     [1] A. Mnih, D. J. Rezende, "Variational inference for Monte Carlo objectives", ICML 2016.
 
@@ -49,11 +49,14 @@ class VIMCO(MultiSampleELBO):
 
     Example::
 
-        from ppl_vae.infer.vimco import VIMCO
+        import torch
         from ppl_vae.guides import BernoulliGuide
         from ppl_vae.models import SigmoidBeliefNetwork
-        model, guide = SigmoidBeliefNetwork(784, 200), BernoulliGuide(784, 200)
-        loss = VIMCO(num_particles=5).loss_and_grads(model, guide, x)   # x: (B, 784) in {0, 1}
+
+        model, guide = SigmoidBeliefNetwork(20, 4), BernoulliGuide(20, 4)
+        x = torch.rand(8, 20).bernoulli()
+        from ppl_vae.infer.vimco import VIMCO
+        loss = VIMCO(num_particles=5).loss_and_grads(model, guide, x)
     """
 
     min_particles = 2
