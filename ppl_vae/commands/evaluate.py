@@ -122,12 +122,29 @@ def write_per_point(result, path) -> None:
     atomic_write_bytes(path, pd.DataFrame(columns).to_csv(index=False).encode())
 
 
+#: AIS gradient rows (points x chains x temperatures x leapfrog steps) above which evaluate warns
+AIS_WARN_ROWS = 2_000_000
+
+
+def _warn_cost(args, n: int) -> None:
+    """One line on stderr before an AIS run whose work will take long."""
+    if args.estimator != "ais":
+        return
+    rows = n * args.samples * args.anneal_steps * args.leapfrog
+    if rows > AIS_WARN_ROWS:
+        print(f"ppl-vae evaluate: warning: AIS will compute {rows:,} gradient rows ({n} points x "
+              f"K={args.samples} chains x T={args.anneal_steps} temperatures x "
+              f"{args.leapfrog} leapfrog steps); this can take many minutes; lower "
+              "--anneal-steps or --limit for a quick look", file=sys.stderr)
+
+
 def _estimate(r, x, args):
     """Per-point log p(x) sharded over the workers, or the evidence of all of ``x``."""
     from ppl_vae.errors import ConfigError
     from ppl_vae.marginal import model_evidence
     from ppl_vae.training import distributed
 
+    _warn_cost(args, x.shape[0])
     if not args.evidence:
         return distributed.sharded_log_likelihood(
             r.model, r.guide, x, args.estimator, args.samples, align=args.batch_size or 1,

@@ -59,7 +59,10 @@ class Dataset:
 
     @property
     def x_dim(self) -> int:
-        """Values per data point (the product of the trailing dimensions)."""
+        """Values per data point (the product of the trailing dimensions; summed over the
+        tensors of a :class:`~ppl_vae.io.rows.Rows`)."""
+        if hasattr(self.train, "numel_per_point"):
+            return self.train.numel_per_point()
         return int(self.train[0].numel())
 
     @property

@@ -9,6 +9,7 @@ import torch
 
 from ppl_vae.errors import ConfigError, DataError
 from ppl_vae.io.data import Dataset
+from ppl_vae.io.rows import Rows
 from ppl_vae.training.builders import MODEL_FAMILIES
 from ppl_vae.training.user_models import PyroProgram
 
@@ -55,10 +56,23 @@ def _as_tensor(data, what: str) -> torch.Tensor:
     return data
 
 
+def _data(data, what: str):
+    """A tensor (from a tensor, an array or a ``.npy`` path), or :class:`Rows` for a
+    dictionary of tensors or a map-style dataset."""
+    if isinstance(data, (str, Path, np.ndarray, torch.Tensor)):
+        return _as_tensor(data, what)
+    rows = Rows(data)
+    if len(rows) < 1:
+        raise DataError(f"{what}: needs at least one data point")
+    return rows
+
+
 def _splits(data, valid, valid_fraction: float):
-    x = _as_tensor(data, "data")
+    x = _data(data, "data")
     if valid is not None:
-        v = _as_tensor(valid, "valid")
+        v = _data(valid, "valid")
+        if isinstance(x, Rows) or isinstance(v, Rows):
+            return x, v
         if tuple(v.shape[1:]) != tuple(x.shape[1:]):
             raise DataError(f"valid points have shape {tuple(v.shape[1:])}, the data "
                             f"{tuple(x.shape[1:])}")
@@ -67,6 +81,9 @@ def _splits(data, valid, valid_fraction: float):
     if n_valid >= x.shape[0]:
         raise DataError(f"data: {x.shape[0]} points are too few to hold out {n_valid} for "
                         "validation; pass valid=")
+    n = x.shape[0]
+    if isinstance(x, Rows):
+        return x.subset(0, n - n_valid), x.subset(n - n_valid, n)
     return x[:-n_valid], x[-n_valid:]
 
 
@@ -90,7 +107,10 @@ def fit(model, guide, data, *, objective: str = "trace", out=None, valid=None,
     :param guide: its guide.
     :param data: the training points, shape ``(N, ...)`` with any trailing shape (images
         ``(N, C, H, W)``, sequences ``(N, T, D)``): a tensor, a NumPy array, or the path of a
-        ``.npy`` file, which is memory-mapped (minibatches are read as needed).
+        ``.npy`` file, which is memory-mapped (minibatches are read as needed); or a dictionary
+        of tensors with a common first dimension (data and mask: the model then gets the
+        dictionary of a minibatch's entries), or a map-style :class:`torch.utils.data.Dataset`
+        whose items are read and collated a minibatch at a time (:class:`~ppl_vae.io.rows.Rows`).
     :param str objective: a registered objective name (:func:`ppl_vae.available_objectives`).
     :param out: the run directory (nothing is written without one).
     :param valid: validation points; default the last ``valid_fraction`` of ``data``.
@@ -130,7 +150,11 @@ def fit(model, guide, data, *, objective: str = "trace", out=None, valid=None,
     if not callable(model) or not callable(guide):
         raise ConfigError("fit(model, guide, data): model and guide must be callables")
     _PAIR["pair"] = (PyroProgram(model), PyroProgram(guide))
-    image_shape = tuple(x_train.shape[1:]) if x_train.dim() == 3 else (1, x_train[0].numel())
+    if isinstance(x_train, Rows):
+        image_shape = (1, 1)
+    else:
+        image_shape = (tuple(x_train.shape[1:]) if x_train.dim() == 3
+                       else (1, int(x_train[0].numel())))
     dataset = Dataset("fit", x_train, x_valid, x_valid, image_shape)
     settings = dict(data="fit", model=FIT_MODEL, objective=objective, epochs=epochs,
                     batch_size=batch_size, lr=lr, particles=particles, patience=patience,

@@ -333,7 +333,8 @@ def _train_epoch(loop: _Loop, epoch: int, bar, metrics, ckpt_path, position=None
     config, x_train = loop.config, loop.x_train
     n, bs = x_train.shape[0], loop.batch_size
     seed = _epoch_seed(config.seed, epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(x_train.device)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    perm = perm.to(getattr(x_train, "device", "cpu"))  # Rows (dicts, datasets): CPU indices
     if position is None:
         pyro.set_rng_seed(_rank_seed(seed, distributed.rank()))
         first, running, seen = 0, 0.0, 0

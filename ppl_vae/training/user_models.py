@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.io.rows import num_points
 from ppl_vae.poutine.minibatch import MinibatchScale
 
 __all__ = ["is_user_model", "normalize_spec", "load_factory", "build_user_pair", "PyroProgram"]
@@ -96,8 +97,8 @@ class PyroProgram(nn.Module):
     def _run(self, x, args, kwargs, num_data):
         if "batch_size" in kwargs and not self._accepts("batch_size"):
             raise ConfigError("this model takes no batch_size: it cannot generate without data")
-        if num_data is not None and x is not None and int(num_data) != len(x):
-            with MinibatchScale(num_data, len(x)):
+        if num_data is not None and x is not None and int(num_data) != num_points(x):
+            with MinibatchScale(num_data, num_points(x)):
                 return self.program(x, *args, **kwargs)
         return self.program(x, *args, **kwargs)
 

@@ -150,3 +150,16 @@ def test_cuda_requested_without_cuda(run_dir, capsys):
     assert main(["evaluate", "--run", str(run_dir), "--estimator", "is", "--samples", "5",
                  "--device", "cuda"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_a_long_ais_run_is_announced(run_dir, capsys, monkeypatch):
+    import ppl_vae.commands.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "AIS_WARN_ROWS", 50)
+    assert main(["evaluate", "--run", str(run_dir), "--estimator", "ais", "-k", "2",
+                 "--limit", "3", "--anneal-steps", "5", "--leapfrog", "2", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: AIS will compute 60 gradient rows" in err
+    assert main(["evaluate", "--run", str(run_dir), "--estimator", "is", "-k", "2",
+                 "--limit", "3", "--json"]) == 0
+    assert "AIS will compute" not in capsys.readouterr().err

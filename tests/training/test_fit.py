@@ -140,3 +140,84 @@ def test_a_file_larger_than_the_memory_budget_trains_in_bounded_memory(tmp_path)
     before, peak = map(float, r.stdout.split()[-2:])
     file_mb = path.stat().st_size / 2**20
     assert file_mb > 240 and peak - before < 0.4 * file_mb, (before, peak, file_mb)
+
+
+def masked_dmm_pair():
+    """dmm's idiom: sequences with a mask (``{"x": (N, T, D), "mask": (N, T)}``), the steps past
+    each sequence's end masked out with ``poutine.mask``."""
+    torch.manual_seed(0)
+    trans, emit, enc = nn.Linear(J, J), nn.Linear(J, D), nn.Linear(D, 2 * J)
+
+    def model(batch):
+        xs, mask = batch["x"], batch["mask"]
+        pyro.module("dmm", nn.ModuleList([trans, emit]))
+        with pyro.plate("data"):
+            z = xs.new_zeros(xs.shape[0], J)
+            for t in pyro.markov(range(T)):
+                with pyro.poutine.mask(mask=mask[:, t]):
+                    z = pyro.sample(f"z_{t}", dist.Normal(trans(z), 1.0).to_event(1))
+                    pyro.sample(f"x_{t}", dist.Normal(emit(z), 1.0).to_event(1),
+                                obs=xs[:, t])
+
+    def guide(batch):
+        xs, mask = batch["x"], batch["mask"]
+        pyro.module("enc", enc)
+        with pyro.plate("data"):
+            for t in pyro.markov(range(T)):
+                loc, log_scale = enc(xs[:, t]).chunk(2, -1)
+                with pyro.poutine.mask(mask=mask[:, t]):
+                    pyro.sample(f"z_{t}", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+    return model, guide
+
+
+def test_a_dictionary_of_data_and_mask_trains_and_resumes(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(1, T + 1, (80,), generator=g)
+    data = {"x": torch.randn(80, T, D, generator=g),
+            "mask": torch.arange(T) < lengths[:, None]}
+    model, guide = masked_dmm_pair()
+    full = ppl_vae.fit(model, guide, data, epochs=2, batch_size=20, out=tmp_path / "full",
+                       progress=False)
+    assert np.isfinite(full.metrics.valid_elbo).all()
+    pyro.clear_param_store()
+    model, guide = masked_dmm_pair()
+    ppl_vae.fit(model, guide, data, epochs=1, batch_size=20, out=tmp_path / "half",
+                progress=False)
+    pyro.clear_param_store()
+    model, guide = masked_dmm_pair()
+    again = ppl_vae.fit(model, guide, data, epochs=2, out=tmp_path / "half", resume=True,
+                        progress=False)
+    assert again.metrics.valid_elbo.tolist() == pytest.approx(full.metrics.valid_elbo.tolist(),
+                                                              abs=1e-9)
+    with pytest.raises(DataError, match="differ in length"):
+        ppl_vae.fit(model, guide, {"x": data["x"], "mask": data["mask"][:5]}, progress=False)
+
+
+class Sequences(torch.utils.data.Dataset):
+    """A map-style dataset that builds each item when it is asked for (as one reading from disk
+    would): only a minibatch of items is ever materialized."""
+
+    def __init__(self, n):
+        self.n, self.reads = n, 0
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return torch.randn(T, D, generator=torch.Generator().manual_seed(int(i)))
+
+
+def test_a_torch_dataset_is_read_a_minibatch_at_a_time():
+    data = Sequences(100)
+    model, guide = dmm_pair()
+    res = ppl_vae.fit(model, guide, data, epochs=2, batch_size=30, progress=False)
+    assert np.isfinite(res.metrics.valid_elbo).all()
+    # the same points as a tensor give the same training
+    pyro.clear_param_store()
+    model, guide = dmm_pair()
+    tensor = torch.stack([data[i] for i in range(100)])
+    same = ppl_vae.fit(model, guide, tensor, epochs=2, batch_size=30, progress=False)
+    assert same.metrics.valid_elbo.tolist() == pytest.approx(res.metrics.valid_elbo.tolist(),
+                                                             abs=1e-5)
