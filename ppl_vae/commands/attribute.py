@@ -62,7 +62,8 @@ def run(args) -> int:
         rate = [label_rate(imgs[:, k].cpu(), ds.train, y_train, args.attribute)
                 for k in range(len(alphas))]
         tk.emit_json({
-            "attribute": args.attribute, "split": args.split, "num_examples": int(idx.numel()),
+            "attribute": args.attribute, "split": args.split, "direction_split": "train",
+            "num_examples": int(idx.numel()),
             "num_with": int((y_train == args.attribute).sum()),
             "num_without": int((y_train != args.attribute).sum()),
             "direction_norm": {k: float(v.norm()) for k, v in direction.items()},

@@ -28,7 +28,13 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ppl_vae.analysis.generation import manifold, site_dim, top_latent, traverse
+    from ppl_vae.analysis.generation import (
+        manifold,
+        prior_quantiles,
+        site_dim,
+        top_latent,
+        traverse,
+    )
     from ppl_vae.errors import ConfigError
     from ppl_vae.io.plots import save_image_grid
 
@@ -41,17 +47,29 @@ def run(args) -> int:
     site = top_latent(r.model, r.guide, x[:2])
     j = site_dim(r.model, r.guide, x, site)
     mode = args.mode if args.mode != "auto" else ("grid" if j == 2 else "traverse")
+    axes = {}
+    if mode == "traverse" and len(dims) == 2 == j:
+        raise ConfigError(
+            f"--dims {args.dims} are both dimensions of {site}: nothing is left at the code of "
+            "--around, so the picture would be the grid of prior quantiles; use --mode grid, "
+            "or traverse one dimension at a time (e.g. --dims 0 or --dims 0,1,0)")
+    if mode == "grid" or (mode == "traverse" and len(dims) == 2):
+        d0, d1 = (0, 1) if mode == "grid" else dims
+        q = prior_quantiles(r.model, r.guide, x, site, args.steps)
+        axes = dict(col_labels=[f"{v:.2f}" for v in q[:, d0].tolist()],
+                    xlabel=f"{site}[{d0}] (prior quantile)", ylabel=f"{site}[{d1}]")
     if mode == "grid":
         imgs = manifold(r.model, r.guide, x, steps=args.steps, site=site)
         title = f"decoded grid of p({site}) quantiles (Normal icdf of a uniform grid)"
-        ncol, labels = args.steps, None
+        ncol, labels = args.steps, [f"{v:.2f}" for v in q[:, 1].flip(0).tolist()]
     else:
         i = tk.check_index(args.around, x.shape[0], "--around")
         imgs = traverse(r.model, r.guide, x[i:i + 1], dims, steps=args.steps, site=site, x_ref=x)
         ncol = args.steps
-        labels = None if len(dims) == 2 else [f"{site}[{d}]" for d in dims]
+        labels = ([f"{v:.2f}" for v in q[:, dims[1]].flip(0).tolist()] if len(dims) == 2
+                  else [f"{site}[{d}]" for d in dims])
         title = (f"{site}[{dims[0]}] vs {site}[{dims[1]}] around {args.split}[{i}]"
                  if len(dims) == 2 else f"traversal of {site} dims {dims} around {args.split}[{i}]")
     print(save_image_grid(imgs.cpu(), r.dataset.image_shape, out, ncol=ncol, title=title,
-                          row_labels=labels))
+                          row_labels=labels, **axes))
     return 0

@@ -30,8 +30,11 @@ def save_figure(fig, path) -> Path:
 
 
 def save_image_grid(images, image_shape, path, ncol: int | None = None, title: str | None = None,
-                    row_labels=None) -> Path:
-    """Tile ``images`` (n, D) — values in [0, 1] — into one grey-scale PNG."""
+                    row_labels=None, col_labels=None, xlabel: str | None = None,
+                    ylabel: str | None = None) -> Path:
+    """Tile ``images`` (n, D) — values in [0, 1] — into one grey-scale PNG; ``row_labels`` /
+    ``col_labels`` label the rows / columns (e.g. the latent values of a manifold), ``xlabel``
+    / ``ylabel`` the axes."""
     imgs = np.asarray(images, dtype=np.float32).reshape(-1, *image_shape)
     n = imgs.shape[0]
     ncol = ncol or int(math.ceil(math.sqrt(n)))
@@ -45,7 +48,15 @@ def save_image_grid(images, image_shape, path, ncol: int | None = None, title: s
     size = (max(2.0, grid.shape[1] * scale), max(2.0, grid.shape[0] * scale))
     fig, ax = plt.subplots(figsize=size)
     ax.imshow(np.clip(grid, 0, 1), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_xticks([])
+    if col_labels:
+        ax.set_xticks([1 + c * (w + 1) + w / 2 for c in range(len(col_labels))])
+        ax.set_xticklabels(col_labels, rotation=90 if len(col_labels) > 8 else 0)
+    else:
+        ax.set_xticks([])
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
     if row_labels:
         ax.set_yticks([1 + r * (h + 1) + h / 2 for r in range(len(row_labels))])
         ax.set_yticklabels(row_labels)

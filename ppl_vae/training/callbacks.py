@@ -7,7 +7,7 @@ figures and active units live in :mod:`ppl_vae.analysis.reports`).
 
 from __future__ import annotations
 
-__all__ = ["Callback"]
+__all__ = ["Callback", "TensorBoard"]
 
 
 class Callback:
@@ -25,3 +25,37 @@ class Callback:
 
     def on_train_end(self, result) -> None:
         pass
+
+
+class TensorBoard(Callback):
+    """Write each epoch's metrics row (``train_elbo``, ``valid_elbo``, ``seconds``) as scalars
+    to a TensorBoard log directory, via :class:`torch.utils.tensorboard.SummaryWriter`.
+
+    Needs the optional ``tensorboard`` package (``pip install -e ".[tensorboard]"``); without
+    it, creating the callback raises one clear :class:`~ppl_vae.errors.ConfigError`.
+
+    :param log_dir: the directory TensorBoard reads (``tensorboard --logdir DIR``).
+
+    Example::
+
+        ppl_vae.fit(model, guide, data, out="runs/mine", callbacks=[TensorBoard("runs/tb")])
+    """
+
+    def __init__(self, log_dir):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            from ppl_vae.errors import ConfigError
+
+            raise ConfigError("the TensorBoard callback needs the tensorboard package: "
+                              'pip install -e ".[tensorboard]"') from None
+        self.writer = SummaryWriter(str(log_dir))
+
+    def on_epoch_end(self, epoch: int, row: dict, model, guide) -> None:
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+
+    def on_train_end(self, result) -> None:
+        self.writer.close()

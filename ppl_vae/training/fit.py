@@ -58,7 +58,12 @@ def _as_tensor(data, what: str) -> torch.Tensor:
 
 def _data(data, what: str):
     """A tensor (from a tensor, an array or a ``.npy`` path), or :class:`Rows` for a
-    dictionary of tensors or a map-style dataset."""
+    dictionary of tensors or a map-style dataset (a ``DataLoader``'s dataset: the loop draws
+    its own minibatches)."""
+    from torch.utils.data import DataLoader
+
+    if isinstance(data, DataLoader):
+        data = data.dataset
     if isinstance(data, (str, Path, np.ndarray, torch.Tensor)):
         return _as_tensor(data, what)
     rows = Rows(data)
@@ -110,7 +115,8 @@ def fit(model, guide, data, *, objective: str = "trace", out=None, valid=None,
         ``.npy`` file, which is memory-mapped (minibatches are read as needed); or a dictionary
         of tensors with a common first dimension (data and mask: the model then gets the
         dictionary of a minibatch's entries), or a map-style :class:`torch.utils.data.Dataset`
-        whose items are read and collated a minibatch at a time (:class:`~ppl_vae.io.rows.Rows`).
+        whose items are read and collated a minibatch at a time (:class:`~ppl_vae.io.rows.Rows`;
+        a ``DataLoader`` is taken for its dataset).
     :param str objective: a registered objective name (:func:`ppl_vae.available_objectives`).
     :param out: the run directory (nothing is written without one).
     :param valid: validation points; default the last ``valid_fraction`` of ``data``.

@@ -102,7 +102,11 @@ def test_compare_estimators_writes_tidy_csv_and_plots(tmp_path, capsys):
         assert (out / png).stat().st_size > 1000
     summary = pd.read_csv(out / "summary.csv")
     assert summary.is_log_likelihood.notna().all()
-    assert "| reparam |" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "| reparam |" in captured.out
+    # 6 steps: the timings are marked as noise, on stderr and in summary.md
+    assert "measure start-up and noise" in captured.err
+    assert "measure start-up and noise" in (out / "summary.md").read_text()
 
 
 def test_compare_estimators_skips_reparameterized_estimators_for_the_sbn(tmp_path):

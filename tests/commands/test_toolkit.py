@@ -67,6 +67,33 @@ def test_manifold_traverses_a_3d_run(runs, tmp_path, capsys):
     _one_line_error(capsys, rc, "out of range")
 
 
+def test_a_2d_traversal_of_a_2d_latent_is_not_passed_off_as_one(runs, tmp_path, capsys):
+    """Traversing both dimensions of a 2-D latent ignores the point: one line says so."""
+    rc = main(["manifold", "--run", str(runs / "l2"), "--out", str(tmp_path / "t.png"),
+               "--mode", "traverse", "--dims", "0,1", "--around", "3"])
+    _one_line_error(capsys, rc, "would be the grid of prior quantiles")
+
+
+def test_manifold_axes_carry_the_latent_values(runs, tmp_path, monkeypatch):
+    import ppl_vae.io.plots as plots
+
+    seen = {}
+    real = plots.save_image_grid
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "save_image_grid", spy)
+    assert main(["manifold", "--run", str(runs / "l2"), "--out", str(tmp_path / "m.png"),
+                 "--steps", "4"]) == 0
+    assert len(seen["col_labels"]) == 4 and len(seen["row_labels"]) == 4
+    cols = [float(v) for v in seen["col_labels"]]
+    rows = [float(v) for v in seen["row_labels"]]
+    assert cols == sorted(cols) and rows == sorted(rows, reverse=True)  # dim 1 down the rows
+    assert seen["xlabel"].startswith("z[0]") and seen["ylabel"] == "z[1]"
+
+
 def test_attribute_json_and_errors(runs, tmp_path, capsys):
     out = tmp_path / "attr.png"
     assert main(["attribute", "--run", str(runs / "l2"), "--out", str(out), "--attribute", "3",
@@ -74,6 +101,7 @@ def test_attribute_json_and_errors(runs, tmp_path, capsys):
     _png(out)
     obj = json.loads(capsys.readouterr().out)
     assert obj["attribute"] == 3 and obj["alphas"] == [0.0, 1.0, 2.0]
+    assert obj["split"] == "test" and obj["direction_split"] == "train"
     assert len(obj["target_rate"]) == 3 and obj["num_with"] + obj["num_without"] == 1297
     rc = main(["attribute", "--run", str(runs / "l2"), "--out", str(out), "--attribute", "42"])
     _one_line_error(capsys, rc, "unknown attribute 42")

@@ -221,3 +221,24 @@ def test_a_torch_dataset_is_read_a_minibatch_at_a_time():
     same = ppl_vae.fit(model, guide, tensor, epochs=2, batch_size=30, progress=False)
     assert same.metrics.valid_elbo.tolist() == pytest.approx(res.metrics.valid_elbo.tolist(),
                                                              abs=1e-5)
+
+
+def test_a_dataloader_is_taken_for_its_dataset_and_tensorboard_is_optional(tmp_path):
+    from ppl_vae.training.callbacks import TensorBoard
+
+    data = Sequences(40)
+    model, guide = dmm_pair()
+    loader = torch.utils.data.DataLoader(data, batch_size=7)
+    res = ppl_vae.fit(model, guide, loader, epochs=1, batch_size=20, progress=False)
+    assert len(res.metrics) == 1
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        from ppl_vae.errors import ConfigError
+
+        with pytest.raises(ConfigError, match="tensorboard package"):
+            TensorBoard(tmp_path / "tb")
+        return
+    ppl_vae.fit(model, guide, data, epochs=1, batch_size=20, progress=False,
+                callbacks=[TensorBoard(tmp_path / "tb")])
+    assert any((tmp_path / "tb").iterdir())
