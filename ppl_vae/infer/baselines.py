@@ -32,10 +32,10 @@ import pyro
 import torch
 from pyro.infer import TraceGraph_ELBO
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from ppl_vae.infer.no_reparam import NoReparamMessenger
+from ppl_vae.poutine.trace import is_latent
 
 __all__ = [
     "AverageBaselineTraceGraph_ELBO",
@@ -169,8 +169,7 @@ class BaselineMessenger(Messenger):
 
     def _pyro_sample(self, msg):
         if (
-            msg["is_observed"]
-            or site_is_subsample(msg)
+            not is_latent(msg)
             or (self.sites is not None and msg["name"] not in self.sites)
         ):
             return

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pyro
 import torch
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
 
 from ppl_vae.infer.multi_sample_elbo import MultiSampleELBO, Particles, bernoulli_logits
+from ppl_vae.poutine.trace import is_latent
 
 __all__ = ["GumbelSoftmax", "RelaxedBernoulliMessenger"]
 
@@ -25,7 +25,7 @@ class RelaxedBernoulliMessenger(Messenger):
         self.straight_through = bool(straight_through)
 
     def _pyro_sample(self, msg):
-        if msg["is_observed"] or site_is_subsample(msg) or msg["value"] is not None:
+        if not is_latent(msg) or msg["value"] is not None:
             return
         logits = bernoulli_logits(msg["fn"])
         if logits is None:

@@ -27,17 +27,12 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import get_dependent_plate_dims
-from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
 
 from ppl_vae.infer.util import data_scale
+from ppl_vae.poutine.trace import is_latent
 
-__all__ = ["MultiSampleELBO", "Particles", "bernoulli_logits", "is_latent", "sum_plates"]
-
-
-def is_latent(site) -> bool:
-    """A latent (non-observed, non-subsample) sample site."""
-    return site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+__all__ = ["MultiSampleELBO", "Particles", "bernoulli_logits", "sum_plates"]
 
 
 def sum_plates(t: torch.Tensor, dims) -> torch.Tensor:

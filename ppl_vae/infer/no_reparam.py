@@ -28,7 +28,8 @@ from __future__ import annotations
 import torch
 from pyro.distributions import TorchDistribution
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
+
+from ppl_vae.poutine.trace import is_latent
 
 __all__ = ["NonReparameterized", "NoReparamMessenger", "no_reparam"]
 
@@ -142,8 +143,7 @@ class NoReparamMessenger(Messenger):
     def _pyro_sample(self, msg):
         fn = msg["fn"]
         if (
-            msg["is_observed"]
-            or site_is_subsample(msg)
+            not is_latent(msg)
             or msg["infer"].get("enumerate")
             or not getattr(fn, "has_rsample", False)
             or (self.sites is not None and msg["name"] not in self.sites)

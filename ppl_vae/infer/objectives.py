@@ -440,7 +440,7 @@ def _ws(num_particles, vectorize_particles, observed: str = "x"):
     return Objective("ws", WakeSleep(num_particles=num_particles, observed=observed))
 
 
-# --- gradient estimators for discrete (Bernoulli) latents (issue 19) ----------------------------
+# --- gradient estimators for discrete (Bernoulli) latents ----------------------------------------
 
 
 @register_objective("score-loo", ReinforceLOO,

@@ -7,10 +7,10 @@ import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import site_is_subsample
 
-from ppl_vae.infer.multi_sample_elbo import MultiSampleELBO, bernoulli_logits, is_latent
+from ppl_vae.infer.multi_sample_elbo import MultiSampleELBO, bernoulli_logits
 from ppl_vae.infer.util import data_scale, detached_parameters
+from ppl_vae.poutine.trace import is_latent
 
 __all__ = ["REBAR", "RebarMessenger"]
 
@@ -34,7 +34,7 @@ class RebarMessenger(Messenger):
         self.z, self.z_tilde, self.logits = {}, {}, {}
 
     def _pyro_sample(self, msg):
-        if msg["is_observed"] or site_is_subsample(msg) or msg["value"] is not None:
+        if not is_latent(msg) or msg["value"] is not None:
             return
         logits = bernoulli_logits(msg["fn"])
         if logits is None:
