@@ -128,7 +128,11 @@ def report_active_units(model, guide, dataset, run_dir=None, split: str = "valid
     finally:
         guide.train(was_training)
     if run_dir is not None:
+        from ppl_vae.io.provenance import csv_columns
+
         df = result.to_frame()
         df.insert(0, "split", split)
+        for key, value in csv_columns().items():  # which checkpoint these figures describe
+            df[key] = value
         atomic_write_bytes(Path(run_dir) / ACTIVE_UNITS_NAME, df.to_csv(index=False).encode())
     return result

@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     parser = build_parser(only=command)
     args = parser.parse_args(argv)
     _quiet_and_one_line(args.command)
+    from ppl_vae.io.provenance import clear
+
+    clear()  # each command declares the checkpoint it reads (a notebook may call main often)
     try:
         if hasattr(args, "nproc"):  # a command that runs distributed (torchrun or --nproc N)
             from ppl_vae.training.distributed import run_command

@@ -114,12 +114,16 @@ def write_per_point(result, path) -> None:
     import torch
 
     from ppl_vae.io.checkpoint import atomic_write_bytes
+    from ppl_vae.io.provenance import csv_columns
     from ppl_vae.marginal.result import PER_POINT
 
     columns = {"index": range(result.n), **{k: getattr(result, k).numpy() for k in PER_POINT}}
     columns.update({k: v.double().numpy() for k, v in result.info.items()
                     if isinstance(v, torch.Tensor) and v.dim() == 1 and len(v) == result.n})
-    atomic_write_bytes(path, pd.DataFrame(columns).to_csv(index=False).encode())
+    frame = pd.DataFrame(columns)
+    for key, value in csv_columns().items():  # which checkpoint the estimates describe
+        frame[key] = value
+    atomic_write_bytes(path, frame.to_csv(index=False).encode())
 
 
 #: AIS gradient rows (points x chains x temperatures x leapfrog steps) above which evaluate warns
@@ -174,6 +178,9 @@ def run(args) -> int:
     device = resolve_device(args.device)
     run_dir = Path(args.run)
     r = load_run(run_dir, map_location=str(device), checkpoint=args.checkpoint)
+    from ppl_vae.io.provenance import declare
+
+    declare(r.provenance())  # the per-point CSV names this checkpoint
     r.model.to(device), r.guide.to(device)
     check_same_run(run_dir / CSV_NAME, r.run_id)
     x = r.split(args.split)

@@ -74,6 +74,8 @@ def run(args) -> int:
                                          progress=not args.no_progress)
     frame = statistics_frame(results)
     if args.csv:
+        for key, value in {"run_id": run_.run_id, "checkpoint_id": run_.checkpoint_id}.items():
+            frame[key] = value  # which checkpoint the statistics were measured at
         frame.to_csv(args.csv, index=False)
     if args.json:
         print(json.dumps(json_safe(results), allow_nan=False))

@@ -122,7 +122,9 @@ class SVI:
 
     # -- steps -----------------------------------------------------------------------------
     def step(self, *args, **kwargs) -> float:
-        """One gradient step; returns the loss estimate (-objective) as a float."""
+        """One gradient step; returns the loss estimate (-objective) as a float: like Pyro's
+        ELBOs, a sum over the points (over the whole data set when the model is told
+        ``num_data``), not a per-point mean."""
         store = pyro.get_param_store()
         if self.optimizer is None or len(store) != self._store_size:
             with poutine.trace(param_only=True) as capture:

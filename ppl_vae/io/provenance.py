@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 
-__all__ = ["declare", "sources", "clear", "declared", "png_metadata", "read_png", "PNG_KEY"]
+__all__ = ["declare", "sources", "clear", "declared", "png_metadata", "read_png", "PNG_KEY",
+           "csv_columns"]
 
 PNG_KEY = "ppl_vae.provenance"
 _SOURCES: list[dict] = []
@@ -42,6 +43,14 @@ def declared(info: dict):
         yield
     finally:
         _SOURCES[:] = saved
+
+
+def csv_columns() -> dict:
+    """``{"run_id": ..., "checkpoint_id": ...}`` of the one declared source, for the columns of
+    a derived CSV (empty when none, or several, were declared)."""
+    if len(_SOURCES) != 1:
+        return {}
+    return {k: _SOURCES[0].get(k) for k in ("run_id", "checkpoint_id")}
 
 
 def png_metadata() -> dict:

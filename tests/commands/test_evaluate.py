@@ -163,3 +163,17 @@ def test_a_long_ais_run_is_announced(run_dir, capsys, monkeypatch):
     assert main(["evaluate", "--run", str(run_dir), "--estimator", "is", "-k", "2",
                  "--limit", "3", "--json"]) == 0
     assert "AIS will compute" not in capsys.readouterr().err
+
+
+def test_the_per_point_csv_names_its_checkpoint(run_dir, tmp_path, capsys):
+    import pandas as pd
+
+    from ppl_vae.training.runs import load_run
+
+    path = tmp_path / "points.csv"
+    assert main(["evaluate", "--run", str(run_dir), "--estimator", "is", "-k", "3",
+                 "--limit", "4", "--per-point", str(path), "--json"]) == 0
+    table = pd.read_csv(path)
+    run = load_run(run_dir)
+    assert len(table) == 4 and set(table.checkpoint_id) == {run.checkpoint_id}
+    assert set(table.run_id) == {run.run_id}

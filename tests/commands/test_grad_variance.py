@@ -78,7 +78,12 @@ def test_grad_variance_table_and_errors(vae_run, capsys, tmp_path):
                  "--draws", "3", "--batch-size", "4", "--csv", str(csv)]) == 0
     out = capsys.readouterr().out
     assert "reparam" in out and "stl" in out
-    assert list(pd.read_csv(csv).objective) == ["reparam", "stl"]
+    table = pd.read_csv(csv)
+    assert list(table.objective) == ["reparam", "stl"]
+    from ppl_vae.training.runs import load_run
+
+    run = load_run(vae_run)
+    assert set(table.run_id) == {run.run_id} and set(table.checkpoint_id) == {run.checkpoint_id}
     assert main(["grad-variance", "--run", str(vae_run), "--objectives", "nope"]) == 2
     assert "unknown objective 'nope'" in capsys.readouterr().err
     assert main(["grad-variance", "--run", str(tmp_path / "missing"), "--draws", "3"]) == 2

@@ -449,8 +449,10 @@ def test_two_layer_training_with_kl_warmup_and_cli(tmp_path, tiny_digits, capsys
     printed = capsys.readouterr().out
     assert "active units (A_u > 0.01): z1 " in printed and "/8, z2 " in printed
     csv = (out / "active_units.csv").read_text().splitlines()
-    assert csv[0] == "split,site,dim,active,threshold,num_samples"
+    assert csv[0] == "split,site,dim,active,threshold,num_samples,run_id,checkpoint_id"
     assert [line.split(",")[1] for line in csv[1:]] == ["z1", "z2"]
+    last = load_run(out, checkpoint="last")  # the report describes the last checkpoint
+    assert csv[1].split(",")[-2:] == [last.run_id, last.checkpoint_id]
     run = load_run(out)
     assert isinstance(run.model, HierarchicalVAE) and run.model.latent_dims == (8, 4)
     assert main(["sample", "--run", str(out), "-n", "4", "--out", str(tmp_path / "s.png")]) == 0
