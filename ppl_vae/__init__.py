@@ -69,6 +69,7 @@ _MODULE_EXPORTS = {
                                 "posterior_means",),
     "analysis.active_units": ("ActiveUnits", "report_active_units",),
     "marginal": ("MarginalLikelihoodResult", "annealed_importance_sampling",
+                 "bidirectional_monte_carlo",
                  "estimate_log_likelihood", "importance_sampling", "model_evidence",
                  "naive_monte_carlo",),
     "infer.mcem": ("MonteCarloEM",),

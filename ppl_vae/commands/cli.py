@@ -13,7 +13,7 @@ __all__ = ["main", "build_parser"]
 
 # Each module defines NAME, HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = ("train", "sample", "grad_variance", "compare_estimators", "evaluate", "reconstruct",
-            "interpolate", "manifold", "attribute", "impute", "posterior", "embed")
+            "interpolate", "manifold", "attribute", "impute", "posterior", "embed", "bdmc")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -77,6 +77,7 @@ from dataclasses import replace
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.marginal.ais import annealed_importance_sampling
+from ppl_vae.marginal.bdmc import bidirectional_monte_carlo
 from ppl_vae.marginal.evidence import model_evidence
 from ppl_vae.marginal.importance import importance_sampling, naive_monte_carlo
 from ppl_vae.marginal.result import MarginalLikelihoodResult
@@ -85,6 +86,7 @@ __all__ = [
     "ESTIMATORS",
     "MarginalLikelihoodResult",
     "annealed_importance_sampling",
+    "bidirectional_monte_carlo",
     "estimate_log_likelihood",
     "importance_sampling",
     "model_evidence",
