@@ -221,3 +221,16 @@ def test_speed_quick_objectives_and_marginal(tmp_path, bmnist_path, unchanged_re
     rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
     assert len(rows) == 7 and all(r["ratio"] > 0 for r in rows)
     assert (tmp_path / "speed.csv").is_file()
+
+
+def test_snr_vs_k_smoke(tmp_path, unchanged_repo, tiny_digits):
+    import ppl_vae
+
+    run = tmp_path / "run"
+    ppl_vae.train(dict(data="digits", latent_dims=(2,), hidden=(16,), epochs=1, batch_size=64),
+                  out=run, dataset=tiny_digits, progress=False, reports=False)
+    out = tmp_path / "snr"
+    assert bench("snr_vs_k").main(["--run", str(run), "--out", str(out), "--smoke"]) == 0
+    frame = pd.read_csv(out / "snr_vs_k.csv")
+    assert set(frame.objective) == {"iwae", "dreg", "rws", "vimco"} and set(frame.k) == {2, 4}
+    assert (frame.snr_encoder > 0).all() and (out / "snr_vs_k.png").stat().st_size > 1000
