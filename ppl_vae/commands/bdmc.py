@@ -18,16 +18,7 @@ def add_arguments(p):
                    help="points simulated from the model (default 100, Wu et al. 2017)")
     p.add_argument("--samples", "-k", type=int, default=16, metavar="K",
                    help="AIS chains per point in each direction (default 16)")
-    p.add_argument("--anneal-steps", type=int, default=1000, metavar="T",
-                   help="temperatures T (default 1000)")
-    p.add_argument("--leapfrog", type=int, default=10, metavar="L",
-                   help="leapfrog steps per HMC transition (default 10)")
-    p.add_argument("--step-size", type=float, default=0.01, metavar="EPS",
-                   help="initial HMC step size (default 0.01, Wu et al.'s), adapted")
-    p.add_argument("--init", choices=("guide", "prior"), default="guide",
-                   help="initial distribution q of the path (default guide)")
-    p.add_argument("--schedule", choices=("sigmoid", "linear", "geometric"), default="sigmoid",
-                   help="spacing of the temperatures (default sigmoid)")
+    tk.add_ais(p, step_size=0.01, step_note=", Wu et al.'s")
     tk.add_seed(p)
     tk.add_device(p)
     tk.add_json(p)

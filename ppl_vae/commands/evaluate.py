@@ -38,7 +38,6 @@ INTEGER_COLUMNS = ("num_samples", "n", "num_dims", "num_unreliable", "seed", "li
 
 def add_arguments(p):
     from ppl_vae.marginal import ESTIMATORS
-    from ppl_vae.marginal.common import AIS_SCHEDULES
 
     tk.add_run(p)
     p.add_argument("--estimator", required=True, choices=tuple(ESTIMATORS),
@@ -62,17 +61,7 @@ def add_arguments(p):
                    help="data points per chunk (default: sized to bound memory)")
     p.add_argument("--particle-chunk", type=int, default=None, metavar="K",
                    help="samples per chunk (default: sized to bound memory)")
-    g = p.add_argument_group("AIS options")
-    g.add_argument("--anneal-steps", type=int, default=1000, metavar="T",
-                   help="annealing steps T, i.e. temperatures (default 1000)")
-    g.add_argument("--leapfrog", type=int, default=10, metavar="L",
-                   help="leapfrog steps per HMC transition (default 10)")
-    g.add_argument("--step-size", type=float, default=0.05, metavar="EPS",
-                   help="initial HMC step size, adapted towards 65%% acceptance (default 0.05)")
-    g.add_argument("--init", choices=("guide", "prior"), default="guide",
-                   help="initial distribution of the chains (default guide)")
-    g.add_argument("--schedule", choices=AIS_SCHEDULES, default="sigmoid",
-                   help="spacing of the temperatures beta (default sigmoid, Wu et al. 2017)")
+    tk.add_ais(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from ppl_vae.training.distributed import add_arguments as add_distributed_arguments
 

@@ -66,6 +66,25 @@ def add_common(p, *, out_help="output PNG file", split=True, json_flag=False, nu
         add_json(p)
 
 
+def add_ais(p, *, step_size: float = 0.05, step_note: str = "") -> None:
+    """The AIS options of ``evaluate`` and ``bdmc``: ``--anneal-steps``, ``--leapfrog``,
+    ``--step-size``, ``--init``, ``--schedule`` (choices from the estimator itself)."""
+    from ppl_vae.marginal.common import AIS_SCHEDULES
+
+    g = p.add_argument_group("AIS options")
+    g.add_argument("--anneal-steps", type=int, default=1000, metavar="T",
+                   help="annealing steps T, i.e. temperatures (default 1000)")
+    g.add_argument("--leapfrog", type=int, default=10, metavar="L",
+                   help="leapfrog steps per HMC transition (default 10)")
+    g.add_argument("--step-size", type=float, default=step_size, metavar="EPS",
+                   help=f"initial HMC step size, adapted towards 65%% acceptance (default "
+                        f"{step_size:g}{step_note})")
+    g.add_argument("--init", choices=("guide", "prior"), default="guide",
+                   help="initial distribution of the chains (default guide)")
+    g.add_argument("--schedule", choices=AIS_SCHEDULES, default="sigmoid",
+                   help="spacing of the temperatures beta (default sigmoid, Wu et al. 2017)")
+
+
 def positive(value, flag: str) -> int:
     from ppl_vae.errors import ConfigError
 
