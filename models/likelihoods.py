@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ppl_vae.errors import ConfigError, DataError
+from ppl_vae.infer.compiled import is_capturing
 
 __all__ = ["Likelihood", "BernoulliLikelihood", "LogitBernoulli", "GaussianLikelihood",
            "make_likelihood", "LIKELIHOODS"]
@@ -54,7 +55,8 @@ class LogitBernoulli(dist.Bernoulli):
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        if value.is_floating_point() and not bool(((value == 0) | (value == 1)).all()):
+        if is_capturing() or (
+                value.is_floating_point() and not bool(((value == 0) | (value == 1)).all())):
             return value * self.logits - F.softplus(self.logits)
         return F.logsigmoid(self.logits * (2 * value - 1))
 

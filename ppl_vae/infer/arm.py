@@ -8,6 +8,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 
+from ppl_vae.infer.compiled import is_capturing
 from ppl_vae.infer.multi_sample_elbo import MultiSampleELBO, bernoulli_logits
 from ppl_vae.infer.util import data_scale
 from ppl_vae.poutine.trace import is_latent
@@ -122,7 +123,8 @@ class ARM(MultiSampleELBO):
         model_b, guide_b = self._trace_pair(
             model, guide, args, kwargs, lambda g: poutine.replay(second(g), trace=upstream))
         for name, logits in first.logits.items():
-            if not torch.equal(logits.detach(), second.logits[name].detach()):
+            if not is_capturing() and not torch.equal(
+                    logits.detach(), second.logits[name].detach()):
                 raise NotImplementedError(
                     f"{type(self).__name__}: the logits of Bernoulli site {name!r} depend on "
                     "another latent drawn after the first Bernoulli site; the antithetic pair "

@@ -252,6 +252,9 @@ class AverageBaselineTraceGraph_ELBO(TraceGraph_ELBO):
     ICML 2014.
     """
 
+    compilable = False  # the averages are state outside the loss and gradient
+
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.averages: dict[str, torch.Tensor] = {}

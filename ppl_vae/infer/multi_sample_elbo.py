@@ -149,7 +149,7 @@ class MultiSampleELBO(ELBO):
         """-objective estimate (a float)."""
         with torch.no_grad():
             objective, _ = self._surrogate(self._particles(model, guide, args, kwargs))
-        loss = -float(objective)
+        loss = -objective.item()
         warn_if_nan(loss, "loss")
         return loss
 
@@ -158,7 +158,7 @@ class MultiSampleELBO(ELBO):
         objective, surrogate = self._surrogate(self._particles(model, guide, args, kwargs))
         if torch.is_tensor(surrogate) and surrogate.requires_grad:
             (-surrogate).backward(retain_graph=self.retain_graph)
-        loss = -float(objective.detach())
+        loss = -objective.detach().item()
         warn_if_nan(loss, "loss")
         return loss
 

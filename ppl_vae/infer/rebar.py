@@ -8,6 +8,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 
+from ppl_vae.infer.compiled import is_capturing
 from ppl_vae.infer.multi_sample_elbo import MultiSampleELBO, bernoulli_logits
 from ppl_vae.infer.util import data_scale, detached_parameters
 from ppl_vae.poutine.trace import is_latent
@@ -146,7 +147,8 @@ class REBAR(MultiSampleELBO):
                     self._vec(model), self._vec(frozen_guide), args, kwargs,
                     lambda fn, h=handler: poutine.replay(h(fn), trace=upstream))
             for name, logits in hard.logits.items():
-                if not torch.equal(logits.detach(), handler_logits(g, name).detach()):
+                if not is_capturing() and not torch.equal(
+                        logits.detach(), handler_logits(g, name).detach()):
                     raise NotImplementedError(
                         f"REBAR: the logits of Bernoulli site {name!r} depend on another latent "
                         "drawn after the first Bernoulli site")

@@ -27,6 +27,7 @@ default, it only registers the first tensor seen under a name.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pyro
 import torch
@@ -59,6 +60,12 @@ class SVI:
     may use (e.g. the model and guide when ``model``/``guide`` are handler-wrapped callables).
     ``optim_args`` are passed to ``torch.optim.Adam``.
 
+    ``compile``: after the first step, capture the objective's loss and gradient once and run
+    them as one compiled tensor program (:class:`~ppl_vae.infer.compiled.CompiledStep`); a pair
+    or objective that cannot be captured stays on the generic path with one warning
+    (``compile_notice`` says why). Set ``use_compiled = False`` for steps whose closed-over
+    Python values change (a KL warm-up weight).
+
     ``grad_hook``: an optional ``hook(svi, loss) -> loss`` called after every backward pass and
     before the optimizer step, e.g. :class:`ppl_vae.training.distributed.GradientSync`, which
     averages the
@@ -66,7 +73,7 @@ class SVI:
     """
 
     def __init__(self, model, guide, objective="trace", lr: float = 1e-3, modules=(),
-                 **optim_args):
+                 compile: bool = False, **optim_args):
         if isinstance(objective, str):
             objective = make_objective(objective)
         elif isinstance(objective, pyro.infer.ELBO):
@@ -81,6 +88,9 @@ class SVI:
         self._store_size = -1
         self._pending_state: dict | None = None
         self.grad_hook = None
+        self.compile = bool(compile)
+        self.compiled = None  # the CompiledStep, made after the first (generic) step
+        self.compile_notice: str | None = None  # why the step stayed generic
 
     # -- parameters ------------------------------------------------------------------------
     def _module_params(self):
@@ -134,6 +144,8 @@ class SVI:
             # global param store kept from an earlier model is a candidate but gets no gradient.
             self._add_params(p for p in candidates if p.grad is not None)
             self._store_size = len(store)
+        elif self.compile and self.use_compiled:
+            loss = self._compiled_step(args, kwargs)
         else:
             loss = self.objective.loss_and_grads(self.model, self.guide, *args, **kwargs)
         if self.optimizer is None:
@@ -146,6 +158,23 @@ class SVI:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss
+
+    use_compiled = True
+
+    def _compiled_step(self, args, kwargs) -> float:
+        from ppl_vae.infer.compiled import CompiledStep, NotCompilable
+
+        try:
+            if self.compiled is None:
+                self.compiled = CompiledStep(self.objective, self.model, self.guide,
+                                             self.parameters(), modules=self.modules)
+            return self.compiled.step(*args, **kwargs)
+        except NotCompilable as exc:
+            self.compile, self.compile_notice = False, str(exc)
+            warnings.warn(f"compile: the generic path is used ({exc})", stacklevel=3)
+            for p in self.parameters():
+                p.grad = None
+            return self.objective.loss_and_grads(self.model, self.guide, *args, **kwargs)
 
     @torch.no_grad()
     def evaluate_loss(self, *args, **kwargs) -> float:

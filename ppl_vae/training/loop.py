@@ -91,6 +91,9 @@ class TrainResult:
     stopped_early: bool = False
     run_id: str | None = None
     checkpoint_id: str | None = None
+    compiled: bool = False
+    compile_seconds: float = 0.0
+    compile_notice: str | None = None
 
 
 def _raise_interrupt(signum, frame):
@@ -286,7 +289,19 @@ class _Loop:
         return idx[start:stop] if stop > start else idx[:1]
 
 
-def _setup(config: TrainConfig, dataset: Dataset, device) -> _Loop:
+COMPILE_MIN_STEPS = 1000  # "auto": capture and compile runs of at least this many steps
+
+
+def _wants_compile(compile, steps: int) -> bool:
+    """``compile``: True, False or "auto" (runs of at least COMPILE_MIN_STEPS steps)."""
+    if compile in ("auto", None):
+        return steps >= COMPILE_MIN_STEPS
+    if isinstance(compile, str):
+        raise ConfigError(f"compile must be True, False or 'auto', got {compile!r}")
+    return bool(compile)
+
+
+def _setup(config: TrainConfig, dataset: Dataset, device, compile=False) -> _Loop:
     """Model, guide, objective (KL warm-up handler if asked) and SVI for ``config``, with
     parameters and data on ``device``."""
     pyro.set_rng_seed(config.seed)
@@ -307,6 +322,7 @@ def _setup(config: TrainConfig, dataset: Dataset, device) -> _Loop:
         ((x_train == 0) | (x_train == 1)).all())
     x_valid = dataset.split_for("valid", likelihood) if likelihood is not None else dataset.valid
     bs = min(config.batch_size, x_train.shape[0])
+    svi.compile = _wants_compile(compile, config.epochs * math.ceil(x_train.shape[0] / bs))
     sync = None
     if distributed.world_size() > 1:  # data parallel: start identical, average the gradients
         distributed.broadcast_modules(model, guide, *objective.modules.values())
@@ -350,6 +366,7 @@ def _train_epoch(loop: _Loop, epoch: int, bar, metrics, ckpt_path, position=None
         if loop.anneal is not None:
             loop.anneal.beta = min(1.0, (epoch * loop.steps_per_epoch + step + 1)
                                    / (config.kl_warmup_epochs * loop.steps_per_epoch))
+            loop.svi.use_compiled = loop.anneal.beta >= 1.0  # the graph holds a fixed weight
         loss = loop.svi.step(xb, num_data=n)  # of the global batch (see GradientSync)
         if not math.isfinite(loss):
             raise _diverged(loss, epoch, step, loop, metrics, ckpt_path)
@@ -429,13 +446,13 @@ def _load_data(config: TrainConfig) -> Dataset:
     return load_dataset(config.data, likelihood=config.likelihood_spec())
 
 
-def _start(config, overrides, resume, run_dir, dataset, device):
+def _start(config, overrides, resume, run_dir, dataset, device, compile=False):
     """``(loop, start_epoch, metrics, elapsed, position)``: the set-up run, resumed from its
     checkpoint if asked (read by rank 0 and sent to every rank)."""
     ckpt_path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
     config, payload = distributed.from_rank0(_resolve_config, config, overrides, resume, ckpt_path)
     dataset = _load_data(config) if dataset is None else dataset
-    loop = _setup(config, dataset, torch.device(device))
+    loop = _setup(config, dataset, torch.device(device), compile)
     if payload is None:
         loop.run_id = uuid.uuid4().hex[:12]
         return loop, 0, [], 0.0, None
@@ -480,7 +497,7 @@ def _set_epoch_lr(loop: _Loop, epoch: int) -> None:
 
 def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = False,
           overwrite: bool = False, progress: bool = True, dataset: Dataset | None = None,
-          callbacks=(), device="cpu", **overrides) -> TrainResult:
+          callbacks=(), device="cpu", compile="auto", **overrides) -> TrainResult:
     """Train the model/guide pair described by ``config`` (keyword ``overrides`` win).
 
     ``out``: a run directory receiving ``checkpoint.pt`` (atomic, after every epoch: the last
@@ -504,7 +521,11 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
     raises ``KeyboardInterrupt`` whose message says what is on disk (see the module docstring;
     in a process group of several ranks it saves nothing: the last epoch's checkpoint stays).
     ``device``: where parameters and data live (checkpoints are loaded to the CPU and moved
-    there).
+    there). ``compile``: run the training step as a captured, ``torch.compile`` d tensor program
+    (:class:`~ppl_vae.infer.compiled.CompiledStep`; the result's ``compiled``,
+    ``compile_seconds`` and ``compile_notice`` report it): True, False, or ``"auto"`` (runs of
+    at least :data:`COMPILE_MIN_STEPS` steps). Its random draws come from Inductor's generator,
+    so a compiled run is not bit-identical to a generic run with the same seed.
 
     Inside a ``torch.distributed`` process group this is one rank of a data-parallel run (see
     the module docstring); every rank calls it with the same arguments, rank 0 writes the files.
@@ -519,16 +540,17 @@ def train(config: TrainConfig | dict | None = None, out=None, *, resume: bool = 
         distributed.from_rank0(guard)
     try:
         return _train(config, run_dir, resume, progress, dataset, callbacks, device, overrides,
-                      main)
+                      main, compile)
     finally:
         if "held" in lock:
             lock["held"].release()
 
 
-def _train(config, run_dir, resume, progress, dataset, callbacks, device, overrides, main):
+def _train(config, run_dir, resume, progress, dataset, callbacks, device, overrides, main,
+           compile=False):
     ckpt_path = run_dir / CHECKPOINT_NAME if run_dir is not None else None
     loop, start_epoch, metrics, elapsed, position = _start(config, overrides, resume, run_dir,
-                                                           dataset, device)
+                                                           dataset, device, compile)
     config, dataset = loop.config, loop.dataset
     if run_dir is not None and main:
         try:
@@ -611,7 +633,10 @@ def _train(config, run_dir, resume, progress, dataset, callbacks, device, overri
     result = TrainResult(loop.model, loop.guide, config, df, dataset, run_dir,
                          best_epoch=best_epoch(metrics), stopped_early=stopped_early,
                          run_id=loop.run_id,
-                         checkpoint_id=(loop.saved or {}).get("checkpoint_id"))
+                         checkpoint_id=(loop.saved or {}).get("checkpoint_id"),
+                         compiled=loop.svi.compiled is not None and loop.svi.compile,
+                         compile_seconds=getattr(loop.svi.compiled, "compile_seconds", 0.0),
+                         compile_notice=loop.svi.compile_notice)
     if main:
         for callback in callbacks:
             callback.on_train_end(result)
