@@ -234,3 +234,31 @@ def test_snr_vs_k_smoke(tmp_path, unchanged_repo, tiny_digits):
     frame = pd.read_csv(out / "snr_vs_k.csv")
     assert set(frame.objective) == {"iwae", "dreg", "rws", "vimco"} and set(frame.k) == {2, 4}
     assert (frame.snr_encoder > 0).all() and (out / "snr_vs_k.png").stat().st_size > 1000
+
+
+def test_peers_smoke_rows_agree_and_a_missing_venv_is_reported(tmp_path, bmnist_path,
+                                                               unchanged_repo):
+    spec = importlib.util.spec_from_file_location("bench_peers", BENCH / "peers" / "peers.py")
+    peers = sys.modules["bench_peers"] = importlib.util.module_from_spec(spec)  # (dataclass)
+    spec.loader.exec_module(peers)
+    smoke = [r.key for r in peers.select(peers.all_rows(), None, smoke=True)]
+    assert smoke == ["ppl_vae", "pyro-jit", "pyro", "torch"]  # no venv, no compiled row
+    with pytest.raises(SystemExit, match="unknown rows"):
+        peers.select(peers.all_rows(), "ppl_vae,nope", smoke=False)
+    (tmp_path / "file").write_text("")  # a venv under a file cannot be made: no network needed
+    out = tmp_path / "out"
+    argv = ["--smoke", "--threads", "1", "--data", str(bmnist_path), "--out", str(out),
+            "--venv", str(tmp_path / "file" / "venv"), "--only", ",".join(smoke + ["pythae"])]
+    assert peers.main(argv) == 0
+    rows = {r["row"]: r for r in json.loads((out / "peers.json").read_text())["rows"]}
+    assert list(rows) == smoke + ["pythae"]
+    assert rows["pythae"]["status"].startswith("python -m venv failed")
+    assert rows["pythae"]["wall"] is None
+    ok = [rows[k] for k in smoke]
+    assert all(r["status"] == "ok" and r["wall"] > 0 and r["epoch"] > 0 for r in ok)
+    assert rows["ppl_vae"]["wall_ratio"] == 1.0
+    # the same model: after one epoch on 1000 points every ELBO is within a few nats of the
+    # hand-written reference's
+    assert all(abs(r["elbo"] - rows["torch"]["elbo"]) < 10 for r in ok), [r["elbo"] for r in ok]
+    assert pd.read_csv(out / "peers.csv").row.tolist() == smoke + ["pythae"]
+    assert "| ppl_vae" in (out / "peers.md").read_text()
