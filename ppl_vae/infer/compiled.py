@@ -48,7 +48,8 @@ import pyro
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
-__all__ = ["CompiledStep", "NotCompilable", "is_capturing", "is_compilable"]
+__all__ = ["CompiledStep", "NotCompilable", "capture_function", "is_capturing",
+           "is_compilable"]
 
 
 class NotCompilable(Exception):
@@ -309,3 +310,25 @@ class CompiledStep:
                 p.grad += g
         return loss.item()
 
+
+
+def capture_function(fn, *example, backend: str | None = None):
+    """``fn`` (tensors in, a tuple of tensors out, no randomness, no state) recorded once as a
+    graph of ATen operations and returned as a callable over tensors of the example's shapes.
+
+    Tensors ``fn`` closes over (the model's parameters) are constants of the graph: use the
+    result while they stay fixed (an evaluation). ``backend=None`` replays the recorded
+    operations (the same arithmetic as ``fn``, without its Python); ``"inductor"`` compiles them.
+    Raises :class:`NotCompilable` where ``fn`` decides in Python on a tensor's value.
+    """
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    _CAPTURING[0] = True
+    try:
+        with pyro.validation_enabled(False):
+            graph = make_fx(fn)(*example)
+    except Exception as exc:
+        raise NotCompilable(_refusal(exc)) from None
+    finally:
+        _CAPTURING[0] = False
+    return graph if backend is None else torch.compile(graph, backend=backend, dynamic=False)

@@ -124,13 +124,21 @@ def _cb_view(v: torch.Tensor, u: torch.Tensor, site: _LatentSite, layout: Layout
     return v.reshape(shape + [1] * site.u_event_dim)
 
 
+RECORD_MIN_GRADIENTS = 2000  # record the potential when a block evaluates it this often
+
+
 class _AnnealedTarget:
-    """log q(z) and log p(x, z) (with the Jacobian of z = T(u)) and their gradients in u."""
+    """log q(z) and log p(x, z) (with the Jacobian of z = T(u)) and their gradients in u.
+    ``record``: whether to record the potential as a graph on the first call (worth its ~1 s
+    when a block evaluates it at least :data:`RECORD_MIN_GRADIENTS` times)."""
+
+    record = True
 
     def __init__(self, model, guide, xb, chains, layout, sites, init):
         self.model, self.guide, self.xb = model, guide, xb
         self.chains, self.layout, self.sites, self.init = chains, layout, sites, init
         self.shape = (chains, xb.shape[0])
+        self._graph = None  # the recorded potential (False: not recordable or not worth it)
 
     def initial(self) -> dict:
         fn = self.guide if self.init == "guide" else self.model
@@ -139,7 +147,35 @@ class _AnnealedTarget:
         return {s.name: s.transform.inv(tr.nodes[s.name]["value"]).detach() for s in self.sites}
 
     def __call__(self, u: dict):
-        """(A, B, grad A, grad B) with A = log q + log|J|, B = log p(x, z) + log|J|."""
+        """(A, B, grad A, grad B) with A = log q + log|J|, B = log p(x, z) + log|J|.
+
+        The first call records :meth:`evaluate` as a graph of tensor operations
+        (:func:`~ppl_vae.infer.compiled.capture_function`; the parameters are fixed during
+        annealing) and later calls replay it, without Pyro's tracing on every leapfrog step:
+        the same arithmetic. A pair whose potential cannot be recorded is evaluated directly."""
+        names = list(u)
+        if self._graph is None and not self.record:
+            self._graph = False
+        if self._graph is None:
+            from ppl_vae.infer.compiled import NotCompilable, capture_function
+
+            def flat(*values):
+                a, b, ga, gb = self.evaluate(dict(zip(names, values)))
+                return (a, b, *(ga[n] for n in names), *(gb[n] for n in names))
+
+            try:
+                self._graph = capture_function(flat, *(u[n].detach() for n in names))
+            except NotCompilable:
+                self._graph = False
+        if self._graph is False:
+            return self.evaluate(u)
+        with torch.no_grad():
+            a, b, *grads = self._graph(*(u[n] for n in names))
+        k = len(names)
+        return a, b, dict(zip(names, grads[:k])), dict(zip(names, grads[k:]))
+
+    def evaluate(self, u: dict):
+        """(A, B, grad A, grad B) through Pyro's traces."""
         layout, shape = self.layout, self.shape
         with torch.enable_grad(), pyro.validation_enabled(False):
             ur = {name: v.detach().requires_grad_(True) for name, v in u.items()}
@@ -454,6 +490,7 @@ def annealed_importance_sampling(
                 if seed is not None:
                     seed_streams(point_seed(seed, j, block), x.device)
                 target = _AnnealedTarget(model, guide, xb, k1 - k0, layout, sites, init)
+                target.record = t_steps * num_leapfrog >= RECORD_MIN_GRADIENTS
                 adapt = (float(target_accept), min_step_size, max_step_size) \
                     if adapt_step_size else None
                 logw, acc_total, eps = _anneal(target, sites, layout, betas, step_size,

@@ -11,6 +11,7 @@ from pyro import poutine
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.marginal.ais import (
+    RECORD_MIN_GRADIENTS,
     _anneal,
     _AnnealedTarget,
     _check_options,
@@ -192,6 +193,7 @@ def _reverse(model, guide, x, z, chains, num_steps, init, schedule, num_leapfrog
             kept_rng_state(x.device):
         seed_streams(int(seed) + 1, x.device)
         target = _StartedTarget(model, guide, x, c, layout, sites, init, start=z)
+        target.record = (betas.numel() - 1) * num_leapfrog >= RECORD_MIN_GRADIENTS
         logw, acc_total, eps = _anneal(target, sites, layout, betas, step_size, num_leapfrog,
                                        (float(target_accept), 1e-4, 0.5), bar, n)
     stats = weight_stats(logw.to("cpu").T)
