@@ -148,12 +148,10 @@ def log_px(vae, x, k, prior=False, budget=10_000):
     return torch.cat(out)
 
 
-def ais(vae, x, chains, steps, leapfrog, eps0=0.05, target=0.65):
-    """HMC-AIS from the encoder to the posterior along the geometric path with the sigmoid
-    schedule and per-point step-size adaptation — the same algorithm as
-    ``ppl_vae.marginal.annealed_importance_sampling``, written for this VAE alone."""
-    s = torch.sigmoid(torch.linspace(-4.0, 4.0, steps + 1, dtype=torch.float64))
-    betas = ((s - s[0]) / (s[-1] - s[0])).tolist()
+def ais_parts(vae, x, chains):
+    """``(parts, loc, scale)``: ``parts(z) = (log q, log p(x, z), grad log q, grad log p)`` for
+    ``z`` of shape (chains, points, latent), the plain-torch gradient of AIS's annealed
+    log-density (one leapfrog step's work), and the encoder's q(z|x)."""
     with torch.no_grad():
         loc, scale = vae.encode(x)
     xe = x.expand(chains, *x.shape)
@@ -167,6 +165,16 @@ def ais(vae, x, chains, steps, leapfrog, eps0=0.05, target=0.65):
             gp = torch.autograd.grad(log_p.sum(), z)[0]
         return log_q.detach(), log_p.detach(), gq, gp
 
+    return parts, loc, scale
+
+
+def ais(vae, x, chains, steps, leapfrog, eps0=0.05, target=0.65):
+    """HMC-AIS from the encoder to the posterior along the geometric path with the sigmoid
+    schedule and per-point step-size adaptation — the same algorithm as
+    ``ppl_vae.marginal.annealed_importance_sampling``, written for this VAE alone."""
+    s = torch.sigmoid(torch.linspace(-4.0, 4.0, steps + 1, dtype=torch.float64))
+    betas = ((s - s[0]) / (s[-1] - s[0])).tolist()
+    parts, loc, scale = ais_parts(vae, x, chains)
     z = loc + scale * torch.randn(chains, *loc.shape)
     a, b, ga, gb = parts(z)
     logw = torch.zeros(chains, x.shape[0], dtype=torch.float64)

@@ -316,12 +316,15 @@ def capture_function(fn, *example, backend: str | None = None):
     """``fn`` (tensors in, a tuple of tensors out, no randomness, no state) recorded once as a
     graph of ATen operations and returned as a callable over tensors of the example's shapes.
 
-    Tensors ``fn`` closes over (the model's parameters) are constants of the graph: use the
-    result while they stay fixed (an evaluation). ``backend=None`` replays the recorded
+    Tensors ``fn`` closes over (the model's parameters, the data) are constants of the graph:
+    use the result while they stay fixed (an evaluation); what depends on them alone is
+    computed once, on the first call. ``backend=None`` replays the recorded
     operations (the same arithmetic as ``fn``, without its Python); ``"inductor"`` compiles them.
     Raises :class:`NotCompilable` where ``fn`` decides in Python on a tensor's value.
     """
     from torch.fx.experimental.proxy_tensor import make_fx
+
+    from torch.fx.experimental.const_fold import split_const_subgraphs
 
     _CAPTURING[0] = True
     try:
@@ -331,4 +334,6 @@ def capture_function(fn, *example, backend: str | None = None):
         raise NotCompilable(_refusal(exc)) from None
     finally:
         _CAPTURING[0] = False
+    # what depends on the constants alone (the encoder's q(z|x) of fixed data) runs once
+    graph = split_const_subgraphs(graph)
     return graph if backend is None else torch.compile(graph, backend=backend, dynamic=False)

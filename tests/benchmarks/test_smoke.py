@@ -262,3 +262,10 @@ def test_peers_smoke_rows_agree_and_a_missing_venv_is_reported(tmp_path, bmnist_
     assert all(abs(r["elbo"] - rows["torch"]["elbo"]) < 10 for r in ok), [r["elbo"] for r in ok]
     assert pd.read_csv(out / "peers.csv").row.tolist() == smoke + ["pythae"]
     assert "| ppl_vae" in (out / "peers.md").read_text()
+
+
+def test_ais_speed_smoke(tmp_path, unchanged_repo):
+    assert bench("ais_speed").main(["--smoke", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "ais_speed.json").read_text())["rows"]
+    assert [r["goal"] for r in rows] == [1.2, 1.0, 2.0] and all(r["ratio"] > 0 for r in rows)
+    assert (tmp_path / "ais_speed.csv").is_file()
