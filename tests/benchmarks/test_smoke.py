@@ -269,3 +269,10 @@ def test_ais_speed_smoke(tmp_path, unchanged_repo):
     rows = json.loads((tmp_path / "ais_speed.json").read_text())["rows"]
     assert [r["goal"] for r in rows] == [1.2, 1.0, 2.0] and all(r["ratio"] > 0 for r in rows)
     assert (tmp_path / "ais_speed.csv").is_file()
+
+
+def test_compiled_speed_smoke(tmp_path, unchanged_repo):
+    assert bench("compiled_speed").main(["--smoke", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "compiled_speed.json").read_text())["rows"]
+    assert {r["objective"] for r in rows} == {"trace", "iwae-2"}
+    assert all(r["ratio"] > 0 and r["compile_seconds"] > 0 for r in rows)
