@@ -69,7 +69,7 @@ def add_arguments(p):
                    help="torch device for data and parameters, e.g. cpu (default) or cuda")
     p.add_argument("--compile", dest="compile", action="store_const", const=True, default="auto",
                    help="capture the training step once and run it through torch.compile "
-                        "(default: on for runs of at least 1000 steps); a pair that cannot "
+                        "(default: on for runs of at least 5000 steps); a pair that cannot "
                         "be captured stays generic with one warning")
     p.add_argument("--no-compile", dest="compile", action="store_const", const=False,
                    help="always run the generic (eager Pyro) step")

@@ -289,7 +289,7 @@ class _Loop:
         return idx[start:stop] if stop > start else idx[:1]
 
 
-COMPILE_MIN_STEPS = 1000  # "auto": capture and compile runs of at least this many steps
+COMPILE_MIN_STEPS = 5000  # "auto": capture and compile runs of at least this many steps
 
 
 def _wants_compile(compile, steps: int) -> bool:
