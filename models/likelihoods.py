@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ppl_vae.errors import ConfigError, DataError
-from ppl_vae.infer.compiled import is_capturing
+from ppl_vae.poutine.capture import is_capturing
 
 __all__ = ["Likelihood", "BernoulliLikelihood", "LogitBernoulli", "GaussianLikelihood",
            "make_likelihood", "LIKELIHOODS"]

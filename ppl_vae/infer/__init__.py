@@ -19,6 +19,11 @@ One estimator per module, like ``pyro/infer/*.py``:
   :mod:`~ppl_vae.infer.gumbel_softmax` — :class:`GumbelSoftmax`,
   :class:`RelaxedBernoulliMessenger` (Maddison et al. 2017; Jang et al. 2017; biased);
   :mod:`~ppl_vae.infer.rebar` — :class:`REBAR`, :class:`RebarMessenger` (Tucker et al. 2017).
+
+Running them: :mod:`~ppl_vae.infer.svi` — :class:`~ppl_vae.infer.svi.SVI` (one fused Adam);
+:mod:`~ppl_vae.infer.compiled` — :class:`~ppl_vae.infer.compiled.CompiledStep` (an objective's
+loss and gradient recorded once and run through ``torch.compile``) and
+:func:`~ppl_vae.infer.compiled.capture_function`.
 """
 
 from ppl_vae.infer.arm import ARM, AntitheticBernoulliMessenger

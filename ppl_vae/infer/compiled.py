@@ -48,8 +48,9 @@ import pyro
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
-__all__ = ["CompiledStep", "NotCompilable", "capture_function", "is_capturing",
-           "is_compilable"]
+from ppl_vae.poutine.capture import recording
+
+__all__ = ["CompiledStep", "NotCompilable", "capture_function", "is_compilable"]
 
 
 class NotCompilable(Exception):
@@ -155,13 +156,6 @@ class _Recorder:
 
 
 _ITEM = torch.Tensor.item
-_CAPTURING = [False]
-
-
-def is_capturing() -> bool:
-    """Whether a :class:`CompiledStep` is recording right now: code with a value-dependent fast
-    path (a likelihood that checks its data) takes the branch-free way instead."""
-    return _CAPTURING[0]
 
 
 @contextlib.contextmanager
@@ -172,7 +166,8 @@ def _capturing(recorder: _Recorder):
     def item(self):
         return recorder.item(self)
 
-    _CAPTURING[0] = True
+    flag = recording()
+    flag.__enter__()
     torch.Tensor.backward = lambda self, *a, **k: recorder.backward(self, *a, **k)
     torch.autograd.backward = (
         lambda tensors, grad_tensors=None, **k: recorder.backward(tensors, grad_tensors, **k))
@@ -180,7 +175,7 @@ def _capturing(recorder: _Recorder):
     try:
         yield
     finally:
-        _CAPTURING[0] = False
+        flag.__exit__(None, None, None)
         torch.Tensor.backward, torch.autograd.backward, torch.Tensor.item = saved
 
 
@@ -322,18 +317,14 @@ def capture_function(fn, *example, backend: str | None = None):
     operations (the same arithmetic as ``fn``, without its Python); ``"inductor"`` compiles them.
     Raises :class:`NotCompilable` where ``fn`` decides in Python on a tensor's value.
     """
+    from torch.fx.experimental.const_fold import split_const_subgraphs
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from torch.fx.experimental.const_fold import split_const_subgraphs
-
-    _CAPTURING[0] = True
     try:
-        with pyro.validation_enabled(False):
+        with recording(), pyro.validation_enabled(False):
             graph = make_fx(fn)(*example)
     except Exception as exc:
         raise NotCompilable(_refusal(exc)) from None
-    finally:
-        _CAPTURING[0] = False
     # what depends on the constants alone (the encoder's q(z|x) of fixed data) runs once
     graph = split_const_subgraphs(graph)
     return graph if backend is None else torch.compile(graph, backend=backend, dynamic=False)

@@ -8,9 +8,9 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 
-from ppl_vae.infer.compiled import is_capturing
 from ppl_vae.infer.multi_sample_elbo import MultiSampleELBO, bernoulli_logits
 from ppl_vae.infer.util import data_scale, detached_parameters
+from ppl_vae.poutine.capture import is_capturing
 from ppl_vae.poutine.trace import is_latent
 
 __all__ = ["REBAR", "RebarMessenger"]
