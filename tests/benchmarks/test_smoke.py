@@ -236,6 +236,41 @@ def test_snr_vs_k_smoke(tmp_path, unchanged_repo, tiny_digits):
     assert (frame.snr_encoder > 0).all() and (out / "snr_vs_k.png").stat().st_size > 1000
 
 
+def test_bdmc_study_smoke_tables_figure_doc_section_and_cache(tmp_path, capsys, unchanged_repo):
+    study = bench("bdmc_study")
+    out, doc = tmp_path / "out", tmp_path / "docs" / "marginal.md"
+    doc.parent.mkdir()
+    doc.write_text(f"# Title\n\nprose\n\n{study.BEGIN}\nstale table\n{study.END}\n\nafter\n")
+    argv = ["--smoke", "--out", str(out), "--doc", str(doc), "--no-progress"]
+    assert study.main(argv) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary.estimator.tolist() == (["elbo"] + ["is"] * 3 + ["naive"] * 2
+                                          + ["ais-forward", "ais-reverse"] * 2)
+    assert summary.what.str.contains("bound").sum() == 9  # every bound is called one
+    bdmc = pd.read_csv(out / "bdmc.csv")
+    assert bdmc["T"].tolist() == [3, 10]
+    # every error is bracketed by the largest T's sandwich: its width is that mean gap
+    width = summary.error_hi - summary.error_lo
+    assert (width - bdmc.gap_mean.iloc[-1]).abs().max() < 1e-9
+    points = pd.read_csv(out / "points.csv")
+    assert len(points) == 8 and {"is-50-khat", "is-50-ess", "bdmc-10-upper"} <= set(points)
+    assert pd.read_csv(out / "prediction.csv").K.tolist() == [1, 5, 50]
+    result = json.loads((out / "bdmc_study.json").read_text())
+    assert result["projection"]["wu"]["projected_seconds"] > 0 and result["train_seconds"] > 0
+    text = doc.read_text()
+    assert text.startswith("# Title\n\nprose") and text.endswith("after\n")
+    assert "stale table" not in text and text.count(study.BEGIN) == 1
+    assert "](figures/bdmc_study.png)" in text and "bdmc_study.py --smoke" in text
+    assert "| forward AIS from the guide (stochastic lower bound) | T = 10 |" in text
+    assert (doc.parent / "figures" / "bdmc_study.png").stat().st_size > 1000
+    assert (out / "bdmc_study.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert study.main(argv) == 0  # the run and every estimate are reused
+    err = capsys.readouterr().err
+    assert "reusing the run" in err and err.count(": cached (") == 3 + 2 + 2
+    assert pd.read_csv(out / "summary.csv").equals(summary)
+
+
 def test_peers_smoke_rows_agree_and_a_missing_venv_is_reported(tmp_path, bmnist_path,
                                                                unchanged_repo):
     spec = importlib.util.spec_from_file_location("bench_peers", BENCH / "peers" / "peers.py")
