@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     try:
         parser = build_parser(only=command)
     finally:
+        if entry:  # the program's own process: later collections need not walk the imports
+            gc.freeze()
         if collecting:
             gc.enable()
     args = parser.parse_args(argv)
