@@ -8,7 +8,17 @@ Monte Carlo evaluators and HMC-AIS. No ppl_vae import, here or in the training p
     python benchmarks/references.py --objective trace --data bmnist.npz --epochs 3
 
 prints one JSON line per epoch (``epoch``, ``seconds``, ``valid_elbo``), the same as the
-per-epoch metrics of ``ppl-vae train`` that it is timed against.
+per-epoch metrics of ``ppl-vae train`` that it is timed against; and
+
+    python benchmarks/references.py evaluate --weights vae.pt --data bmnist.npz -k K --limit N \
+        [--prior]
+
+the hand-written evaluator that a fresh ``ppl-vae evaluate --estimator is`` (``--prior``:
+``naive``) process is timed against: it loads a :class:`TorchVAE` state dict (the run's
+checkpoint weights, :meth:`TorchVAE.load_pair`), the first N test points, estimates log p(x)
+per point with K samples (:func:`log_px`) and prints one JSON line (``seconds`` of the
+estimate, ``log_likelihood`` averaged over the points, ``n``, ``num_samples``,
+``peak_rss_mb``).
 """
 
 from __future__ import annotations
@@ -204,7 +214,37 @@ def ais(vae, x, chains, steps, leapfrog, eps0=0.05, target=0.65):
     return torch.logsumexp(logw, 0) - math.log(chains)
 
 
+def reference_evaluate(argv) -> None:
+    """The fresh-process evaluator (module docstring)."""
+    p = argparse.ArgumentParser(prog="references.py evaluate")
+    p.add_argument("--weights", type=Path, required=True, help="a TorchVAE state dict (.pt)")
+    p.add_argument("--data", type=Path, required=True, help=".npz with a test array")
+    p.add_argument("--samples", "-k", type=int, required=True)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--prior", action="store_true", help="naive Monte Carlo (prior proposal)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    with np.load(args.data) as f:
+        x = torch.as_tensor(f["test"][:args.limit], dtype=torch.float32)
+    vae = TorchVAE(x.shape[1])
+    vae.load_state_dict(torch.load(args.weights, map_location="cpu"))
+    vae.eval()
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    ll = log_px(vae, x, args.samples, prior=args.prior)
+    seconds = time.perf_counter() - t0
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "log_likelihood": float(ll.mean()), "n": len(ll),
+                      "num_samples": args.samples, "peak_rss_mb": peak}), flush=True)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["evaluate"]:
+        reference_evaluate(argv[1:])
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--objective", required=True, choices=("trace", "meanfield"))
     p.add_argument("--data", type=Path, required=True, help=".npz with train and valid")

@@ -15,13 +15,22 @@ statically binarized MNIST.
 * ``is``, ``naive``: data points per second of ``importance_sampling`` / ``naive_monte_carlo``
   with default options and a seed (what ``ppl-vae evaluate`` runs) against a hand-written
   batched evaluator; peak RSS of ``ppl-vae evaluate -k 5000`` in a subprocess.
+* ``fresh``: ``ppl-vae evaluate --estimator is`` / ``naive`` as a fresh process against the
+  hand-written evaluator as a fresh process (``python benchmarks/references.py evaluate``), on
+  the run's checkpoint weights, the same test points and K, interleaved, for N x K in
+  ``FRESH_GRID`` (``--grid``; ``--quick``: N = 200, K = 200 and 1000): the whole process (wall)
+  and the ``seconds`` each prints (the estimate alone). ``--run`` names the trained run
+  (default: the train section's, else one trained for an epoch); ``--ref-malloc`` also times
+  the reference under the allocator settings that ``evaluate`` makes for itself.
 * ``startup``: ``import ppl_vae``, ``ppl-vae --help`` and ``import torch``, whole processes.
 * ``flops``: achieved GFLOP/s of a training step and of IS evaluation against a 2048^3 matmul.
 
 The references are in ``benchmarks/references.py``; the timing (interleaving, ratio rows) in
 ``benchmarks/_common.py``.
 
-Usage: ``python benchmarks/speed.py [--quick] [--threads N] [--only a,b] [--out DIR]``;
+Usage: ``python benchmarks/speed.py [--quick] [--threads N] [--only a,b] [--out DIR]``
+(``--only`` from startup, train, objectives, marginal, rss, fresh, flops; fresh is not in the
+default, run it with ``--only fresh [--run RUN] [--grid 200x200,...]``);
 ``--quick`` (a 5000-point subset, fewer repeats) finishes in under two minutes. Writes
 ``speed.json`` and ``speed.csv`` to ``--out`` (default ``$TMPDIR/ppl_vae_benchmarks/speed``),
 nothing else.
@@ -164,6 +173,84 @@ def bench_marginal(x, k, repeats) -> list[dict]:
     return rows
 
 
+#: (N, K) of the fresh-process comparison; --quick runs the first two
+FRESH_GRID = ((200, 200), (200, 1000), (200, 5000), (10000, 200), (10000, 1000), (10000, 5000))
+
+
+def fresh_inputs(run_dir: Path, tmp: Path) -> tuple[Path, Path, Path]:
+    """``(run copy, TorchVAE weights, .npz)`` for the fresh-process comparison: a copy of the
+    run (``evaluate`` appends to its evaluation.csv: nothing is written into ``run_dir``), the
+    checkpoint's weights as a :class:`references.TorchVAE` state dict, and the run's data."""
+    import shutil
+
+    from ppl_vae.training.runs import load_run
+
+    copy = tmp / "fresh-run"
+    if not copy.exists():
+        shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("*.csv", "*.png"))
+    r = load_run(copy)
+    weights = tmp / "fresh-vae.pt"
+    torch.save(TorchVAE(r.model.x_dim).load_pair(r.model, r.guide).state_dict(), weights)
+    data = Path(r.config.data) if r.config.data != "binarized-mnist" else mnist_path()
+    return copy, weights, data
+
+
+def bench_fresh(run_dir: Path, grid, estimators, repeats, env, tmp, ref_malloc=False):
+    """``ppl-vae evaluate --estimator E -k K --limit N`` as a fresh process against the
+    hand-written evaluator ``references.py evaluate`` as a fresh process, on the same weights,
+    data and K, interleaved: both the whole process (wall) and the ``seconds`` each prints (the
+    estimate alone), as our speed relative to the reference's (higher is better). With
+    ``ref_malloc`` also the reference under the allocator settings that evaluate makes itself
+    (``ppl_vae.commands.evaluate.keep_freed_memory``)."""
+    from ppl_vae.commands.evaluate import MMAP_THRESHOLD, TRIM_THRESHOLD
+
+    run, weights, data = fresh_inputs(run_dir, tmp)
+    malloc_env = {**env, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+                  "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+    rows = []
+    for n, k in grid:
+        for est in estimators:
+            first = len(rows)
+            ours_cmd = cli("evaluate", "--run", run, "--estimator", est, "-k", k, "--limit", n,
+                           "--json", "--no-progress")
+            ref_cmd = [sys.executable, references.__file__, "evaluate", "--weights", weights,
+                       "--data", data, "-k", k, "--limit", n, *(["--prior"] if est == "naive"
+                                                               else [])]
+            ref_cmd = list(map(str, ref_cmd))
+            inner = {"ours": [], "ref": [], "ref+malloc": []}
+            rss = {"ours": [], "ref": [], "ref+malloc": []}
+
+            def runner(name, cmd, e):
+                def go():
+                    _, out = run_process(cmd, e)
+                    res = json.loads(out.strip().splitlines()[-1])
+                    inner[name].append(res["seconds"])
+                    rss[name].append(res.get("peak_rss_mb"))
+                return go
+
+            runners = {"ours": runner("ours", ours_cmd, env), "ref": runner("ref", ref_cmd, env)}
+            if ref_malloc:
+                runners["ref+malloc"] = runner("ref+malloc", ref_cmd, malloc_env)
+            wall = interleave(runners, repeats, warmup=False)
+            what = f"fresh process, evaluate --estimator {est} N={n} K={k}"
+            for refname in [r for r in runners if r != "ours"]:
+                tag = "" if refname == "ref" else " (reference with evaluate's malloc settings)"
+                for kind, times in (("wall", wall), ("JSON seconds", inner)):
+                    row = ratio_row(f"{what}: {kind}{tag}", {"ours": times["ours"],
+                                                             "ref": times[refname]},
+                                    "ours", "ref", higher_is_better=True,
+                                    goal=1.0 if refname == "ref" else None)
+                    row.update(estimator=est, n=n, k=k, measure=kind,
+                               ours_peak_rss_mb=max(rss["ours"]),
+                               ref_peak_rss_mb=max(rss[refname]))
+                    rows.append(row)
+            for row in rows[first:]:
+                print(f"{row['target']}: {row['ratio']:.3f} ({row['ratio_min']:.3f}-"
+                      f"{row['ratio_max']:.3f}); {row['ours_median_s']:.2f} s vs "
+                      f"{row['ref_median_s']:.2f} s", flush=True)
+    return rows
+
+
 def bench_rss(run_dir: Path, k: int, limit: int, env) -> dict:
     cmd = ["/usr/bin/time", "-f", "%M", *cli("evaluate", "--run", run_dir, "--estimator", "is",
                                              "-k", k, "--limit", limit, "--json",
@@ -205,14 +292,22 @@ def bench_flops(x, k) -> list[dict]:
     train_gflops = 3 * 2 * macs * 100 / step / 1e9  # forward + 2x backward
     model.eval(), guide.eval()
     xs = x[:120]  # whole blocks of the seeded path at K=200 (no padding)
-    is_time = timed(lambda: importance_sampling(model, guide, xs, k, seed=0))
     dec = 50 * 500 + 500 * 500 + 500 * 784
-    is_gflops = 2 * (len(xs) * k * dec + len(xs) * (macs - dec)) / is_time / 1e9
+    flop = 2 * (len(xs) * k * dec + len(xs) * (macs - dec))
+    is_gflops = flop / timed(lambda: importance_sampling(model, guide, xs, k, seed=0)) / 1e9
+    from ppl_vae.commands.evaluate import keep_freed_memory
+
+    keep_freed_memory()  # what `ppl-vae evaluate` runs under (process-wide: the last row)
+    importance_sampling(model, guide, xs[:8], k, seed=0)
+    tuned = flop / min(timed(lambda: importance_sampling(model, guide, xs, k, seed=0))
+                       for _ in range(2)) / 1e9
     return [{"target": "GFLOP/s, 2048^3 matmul", "gflops": peak},
             {"target": "GFLOP/s, training step (trace, batch 100)", "gflops": train_gflops,
              "fraction_of_matmul": train_gflops / peak},
             {"target": f"GFLOP/s, IS evaluation (K={k})", "gflops": is_gflops,
-             "fraction_of_matmul": is_gflops / peak}]
+             "fraction_of_matmul": is_gflops / peak},
+            {"target": f"GFLOP/s, IS evaluation (K={k}), evaluate's malloc settings",
+             "gflops": tuned, "fraction_of_matmul": tuned / peak}]
 
 
 # ------------------------------------------------------------------------------------------
@@ -220,6 +315,15 @@ def main(argv=None) -> int:
     ap = parser(__doc__, out=default_out("speed"), threads=True,
                 smoke="small budget: under two minutes")
     ap.add_argument("--only", default="startup,train,objectives,marginal,rss,flops")
+    ap.add_argument("--run", type=Path, default=None,
+                    help="fresh: a trained run of the architecture (default: the run the train "
+                         "section trained, else one trained for 1 epoch here)")
+    ap.add_argument("--grid", default=None,
+                    help="fresh: NxK pairs, e.g. 200x200,10000x1000 (default: all of "
+                         "FRESH_GRID; --quick: 200x200,200x1000)")
+    ap.add_argument("--estimators", default="is,naive", help="fresh: estimators")
+    ap.add_argument("--ref-malloc", action="store_true",
+                    help="fresh: also time the reference with evaluate's malloc settings")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 3)")
     args = ap.parse_args(argv)
@@ -250,6 +354,17 @@ def main(argv=None) -> int:
             rows += bench_marginal(xt, k, repeats)
         if "rss" in only and (tmp / "run-trace").is_dir():
             rows.append(bench_rss(tmp / "run-trace", 5000, 20 if args.quick else 200, env))
+        if "fresh" in only:
+            run_dir = args.run or tmp / "run-trace"
+            if not run_dir.is_dir():
+                run_process(cli("train", "--data", data, "--latent-dim", 50, "--hidden",
+                                "500,500", "--likelihood", "bernoulli", "--objective", "trace",
+                                "--epochs", 1, "--no-progress", "--out", run_dir), env)
+            grid = FRESH_GRID[:2] if args.quick else FRESH_GRID
+            if args.grid:
+                grid = [tuple(int(v) for v in g.split("x")) for g in args.grid.split(",")]
+            rows += bench_fresh(run_dir, grid, args.estimators.split(","), repeats, env, tmp,
+                                args.ref_malloc)
         if "flops" in only:
             rows += bench_flops(x, k)
     meta = {"threads": torch.get_num_threads(), "torch": torch.__version__,

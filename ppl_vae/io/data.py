@@ -39,7 +39,8 @@ import torch
 
 from ppl_vae.errors import DataError
 
-__all__ = ["Dataset", "load_dataset", "DATASETS", "find_binarized_mnist", "EVAL_BINARIZATION_SEED"]
+__all__ = ["Dataset", "load_dataset", "load_split", "as_evaluated", "DATASETS",
+           "find_binarized_mnist", "EVAL_BINARIZATION_SEED"]
 
 DATASETS = ("digits", "binarized-mnist", "mnist", "mnist-dynamic", "fashion-mnist")
 SPLITS = ("train", "valid", "test")
@@ -94,11 +95,16 @@ class Dataset:
         For a binary likelihood and grey data: a static binarization with a fixed seed
         (:data:`EVAL_BINARIZATION_SEED`), identical across calls, runs and machines.
         """
-        x = self.split(name)
-        if getattr(likelihood, "binary", False) and not bool(((x == 0) | (x == 1)).all()):
-            gen = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED + SPLITS.index(name))
-            x = torch.bernoulli(x, generator=gen)
-        return x
+        return as_evaluated(self.split(name), name, likelihood)
+
+
+def as_evaluated(x: torch.Tensor, name: str, likelihood) -> torch.Tensor:
+    """Split ``name`` (the tensor ``x``) as ``likelihood`` sees it at evaluation time: grey data
+    under a binary likelihood statically binarized with a fixed seed (:meth:`Dataset.split_for`)."""
+    if getattr(likelihood, "binary", False) and not bool(((x == 0) | (x == 1)).all()):
+        gen = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED + SPLITS.index(name))
+        x = torch.bernoulli(x, generator=gen)
+    return x
 
 
 def _as_images(arr, source: str, key: str) -> np.ndarray:
@@ -291,6 +297,34 @@ def load_dataset(spec: str = "digits", likelihood=None, root=None,
         for k in SPLITS:
             lik.check_support(ds.split(k), source=f"{spec} [{k}]")
     return ds
+
+
+def load_split(spec: str, name: str, likelihood=None, limit: int | None = None) -> torch.Tensor:
+    """Split ``name`` of data set ``spec``, validated for ``likelihood`` as :func:`load_dataset`
+    validates it: the same tensor as ``load_dataset(spec, likelihood).split(name)``. An
+    ``.npz`` (and ``binarized-mnist``) reads that one array only (evaluating the 10,000 test
+    points of binarized MNIST need not read, convert and check the 50,000 training points);
+    other sources load the whole data set. ``limit``: only the first ``limit`` points are read,
+    converted and checked (``load_dataset(spec, likelihood).split(name)[:limit]`` where the
+    whole split is valid)."""
+    spec = str(spec)
+    path = find_binarized_mnist() if spec == "binarized-mnist" else Path(spec).expanduser()
+    if name not in SPLITS or path is None or path.suffix != ".npz" or not path.is_file():
+        return load_dataset(spec, likelihood=likelihood).split(name)[:limit]
+    source = str(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            raw = f[name][:limit] if name in f.files else None
+    except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled objects), OSError
+        raise DataError(f"{source}: cannot read as .npz ({type(exc).__name__}: {exc})") from exc
+    if raw is None:  # load_dataset's error
+        return load_dataset(spec, likelihood=likelihood).split(name)[:limit]
+    x = torch.from_numpy(np.ascontiguousarray(_as_images(raw, source, name)))
+    if likelihood is not None:
+        from ppl_vae.models.likelihoods import make_likelihood
+
+        make_likelihood(likelihood).check_support(x, source=f"{spec} [{name}]")
+    return x
 
 
 def binary_splits(spec: str, split: str = "valid", limit: int = 0):

@@ -59,10 +59,14 @@ without minibatch rescaling (no ``num_data``).
 Random streams: by default the samples come from the global RNG (``pyro.set_rng_seed``). With
 ``seed=S`` each point's samples are a function of (S, its global index ``index_offset + i``, K)
 alone: the points are processed in blocks of consecutive global indices, each block seeded from
-(S, block) and padded at the ends of ``x`` (:func:`~ppl_vae.marginal.common.run_weights`), so a
-point's estimate is the same whatever the batch size and however the points are split across
-workers (``ppl-vae evaluate`` always passes ``--seed``); AIS with a seed runs blocks of at most
-64 points (:func:`~ppl_vae.marginal.common.point_block`).
+(S, block) (:func:`~ppl_vae.marginal.common.run_weights`), so a point's estimate is the same
+whatever the batch size and however the points are split across workers (``ppl-vae evaluate``
+always passes ``--seed``). A block that runs past an end of ``x`` draws its latents for the whole
+block (the same random numbers) and runs the model — the work per sample — on its real rows only
+(naive MC and importance sampling; AIS pads such a block). The per-point values then agree
+with those of whole blocks bit for bit as long as the backend's matrix products give each row
+the same result whatever the number of rows (true of MKL on CPU in the tests); AIS with a seed
+runs blocks of at most 64 points (:func:`~ppl_vae.marginal.common.point_block`).
 
 Memory and precision: the work is split into chunks of ``batch_size`` data points times
 ``particle_chunk`` samples, so peak memory depends on the chunk sizes, not on N or K; the

@@ -373,8 +373,8 @@ def _batched_weights(log_weight_fn, x, k, batch_size, particle_chunk, bar, on_ro
 
 def point_block(num_particles: int) -> int:
     """Data points per block of the seeded path: enough rows (points x samples) per call to
-    amortize the per-call cost, at most 64 points (a block running past the end of the data is
-    padded, so small evaluations should not pay for large blocks)."""
+    amortize the per-call cost, at most 64 points (so that a block past the end of the data,
+    whose latents are drawn for all of it, stays small)."""
     return min(64, max(1, ROWS_PER_CALL // num_particles))
 
 
@@ -390,27 +390,40 @@ def point_blocks(n: int, index_offset: int, b: int):
 
 def _seeded_weights(log_weight_fn, x, k, particle_chunk, seed, index_offset, bar, on_rows):
     """Blocks of ``point_block(particle_chunk)`` consecutive *global* indices, each block's
-    samples drawn after seeding the RNG with :func:`point_seed` (seed, block, particle block).
-    A block that runs past either end of ``x`` is padded with copies of the nearest point and
-    the padding's weights are dropped, so each point's weights depend only on (seed, its global
-    index, K) and on nothing else: not on the batch size, nor on where ``x`` was cut (the
-    shards of several workers), as long as sampling a site draws a fixed number of random
-    numbers per element (reparameterized location-scale families, Bernoulli, ...)."""
+    samples drawn after seeding the RNG with :func:`point_seed` (seed, block, particle block),
+    so each point's weights depend only on (seed, its global index, K) and on nothing else: not
+    on the batch size, nor on where ``x`` was cut (the shards of several workers), as long as
+    sampling a site draws a fixed number of random numbers per element (reparameterized
+    location-scale families, Bernoulli, ...). A block that runs past either end of ``x`` draws
+    its latents for the whole block (positions outside ``x`` padded with copies of the nearest
+    point: the same random numbers as a whole block), and the model, the work per sample, runs
+    on the real rows only (``log_weight_fn(xb, kc, rows=slice)``; a function that returns None
+    there has the whole block computed and the padding dropped). Those rows' weights equal the
+    ones a whole block gives them bit for bit where the backend's matrix products compute each
+    row independently of the number of rows (MKL on CPU; tested)."""
     n, b = x.shape[0], point_block(particle_chunk)
     group = max(1, STATS_BUDGET // (k * b))  # blocks whose weights are reduced together
-    rows = []
+    rows, pending = [], 0
     with kept_rng_state(x.device):
         for j, local, keep in point_blocks(n, index_offset, b):
-            lw = torch.empty(b, k, dtype=torch.float64)
+            real = keep.nonzero().flatten().tolist()
+            part = None if len(real) == b else slice(real[0], real[-1] + 1)
+            start = j * b - index_offset
+            xb = x[start:start + b] if part is None else x[local.to(x.device)]
+            lw = torch.empty(len(real), k, dtype=torch.float64)
             for block, (k0, k1) in enumerate(chunk_ranges(k, particle_chunk)):
                 seed_streams(point_seed(seed, j, block), x.device)
-                lw[:, k0:k1] = log_weight_fn(x[local.to(x.device)], k1 - k0).to(
-                    "cpu", torch.float64).T
-            rows.append(lw[keep])
-            bar.update(int(keep.sum()) * k)
-            if len(rows) == group:
+                w = None if part is None else log_weight_fn(xb, k1 - k0, rows=part)
+                if w is None:
+                    w = log_weight_fn(xb, k1 - k0)
+                    w = w if part is None else w[:, part]
+                lw[:, k0:k1] = w.to("cpu", torch.float64).T
+            rows.append(lw)
+            pending += 1
+            bar.update(len(real) * k)
+            if pending == group:
                 on_rows(torch.cat(rows))
-                rows = []
+                rows, pending = [], 0
         if rows:
             on_rows(torch.cat(rows))
 

@@ -6,9 +6,11 @@ import time
 from typing import Callable
 
 import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
 
 from ppl_vae.errors import ConfigError
-from ppl_vae.infer.importance import importance_log_weights
+from ppl_vae.infer.importance import check_same_latents, importance_log_weights
 from ppl_vae.marginal.common import (
     check_data,
     optional_positive_int,
@@ -17,6 +19,97 @@ from ppl_vae.marginal.common import (
     run_weights,
 )
 from ppl_vae.marginal.result import MarginalLikelihoodResult
+from ppl_vae.poutine.trace import latent_sites, observed_sites, particle_plate, sample_sites
+
+
+# ------------------------------------------------------------------------------------------
+# a block's real rows only (the seeded path's blocks that run past an end of x)
+# ------------------------------------------------------------------------------------------
+class _Sampled(Exception):
+    """Every latent site of the model has been sampled (the prior's draws are complete)."""
+
+
+class _StopAfter(Messenger):
+    """Stops the program (``_Sampled``) once each of ``names`` has been sampled and recorded:
+    the draws from the prior without the work that follows them (the decoder)."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.left = set(names)
+
+    def _pyro_post_sample(self, msg):
+        self.left.discard(msg["name"])
+        if not self.left:
+            raise _Sampled
+
+
+def _draws(model, guide, xb, kc, layout):
+    """The latent draws of a whole block (padding included), exactly as the full computation
+    makes them: the guide's trace, or the model's up to its last latent site (no guide)."""
+    with particle_plate(kc, layout.max_plate_nesting):
+        if guide is not None:
+            return poutine.trace(guide).get_trace(xb)
+        with poutine.trace() as tracer:
+            try:
+                with _StopAfter(layout.latent):
+                    model(xb)
+            except _Sampled:
+                pass
+        return tracer.trace
+
+
+def _rows_of(trace, rows: slice, size: int, layout):
+    """A trace holding only the latent values of ``trace`` at data rows ``rows`` (of ``size``),
+    to replay the model on; None where a site's shape does not allow it."""
+    out = poutine.Trace()
+    for name in layout.latent:
+        site = trace.nodes.get(name)
+        if site is None or site["type"] != "sample" or site["is_observed"] or \
+                site["infer"].get("enumerate") == "parallel":
+            return None
+        value = site["value"]
+        axis = value.dim() - site["fn"].event_dim + layout.data_dim
+        if axis < 0 or value.shape[axis] not in (1, size):
+            return None
+        if value.shape[axis] == size:
+            value = value.narrow(axis, rows.start, rows.stop - rows.start)
+        out.nodes[name] = {**site, "value": value}
+    return out
+
+
+def _sum_sites(sites, reduce):
+    total = 0.0
+    for site in sites.values():
+        total = total + reduce(site["log_prob"])
+    return total
+
+
+def rows_log_weights(model, guide, xb, kc, layout, rows: slice):
+    """``(kc, rows)`` log weights of the data rows ``rows`` of the block ``xb`` alone, equal to
+    the same rows of the whole block's weights (``importance_log_weights``): the latents are
+    drawn for the whole block (the guide, or the prior up to the model's last latent site: the
+    same random numbers), the model — the work per sample — runs on the real rows only, on
+    their draws. None where this does not apply (enumerated sites; the caller then computes the
+    whole block)."""
+    draws = _draws(model, guide, xb, kc, layout)
+    sliced = _rows_of(draws, rows, xb.shape[0], layout)
+    if sliced is None:
+        return None
+    with particle_plate(kc, layout.max_plate_nesting):
+        mtr = poutine.trace(poutine.replay(model, trace=sliced)).get_trace(xb[rows])
+    if guide is None:
+        mtr.compute_log_prob(lambda name, site: site["is_observed"])
+        lw = _sum_sites(observed_sites(mtr), layout.reduce)
+    else:
+        check_same_latents(mtr, draws)
+        latent = latent_sites(draws)
+        draws.compute_log_prob(lambda name, site: name in latent)
+        mtr.compute_log_prob()
+        log_q = _sum_sites(latent, layout.reduce)
+        if torch.is_tensor(log_q) and log_q.shape[-1] == xb.shape[0]:
+            log_q = log_q[:, rows]
+        lw = _sum_sites(sample_sites(mtr), layout.reduce) - log_q
+    return torch.broadcast_to(lw, (kc, rows.stop - rows.start))
 
 
 # ------------------------------------------------------------------------------------------
@@ -109,7 +202,9 @@ def naive_monte_carlo(
     layout = probe(model, None, x, max_plate_nesting=max_plate_nesting, data_dim=data_dim,
                     use_guide=False, whole_data=whole_data)
 
-    def log_weights(xb, kc):
+    def log_weights(xb, kc, rows=None):
+        if rows is not None:
+            return rows_log_weights(model, None, xb, kc, layout, rows)
         lw = importance_log_weights(model, None, (xb,), {}, kc, layout.max_plate_nesting,
                                     layout.reduce, data_dim=layout.data_dim)
         return torch.broadcast_to(lw, (kc, xb.shape[0]))
@@ -214,7 +309,9 @@ def importance_sampling(
     layout = probe(model, guide, x, max_plate_nesting=max_plate_nesting, data_dim=data_dim,
                     use_guide=True, whole_data=whole_data)
 
-    def log_weights(xb, kc):
+    def log_weights(xb, kc, rows=None):
+        if rows is not None:
+            return rows_log_weights(model, guide, xb, kc, layout, rows)
         lw = importance_log_weights(model, guide, (xb,), {}, kc, layout.max_plate_nesting,
                                     layout.reduce, data_dim=layout.data_dim)
         return torch.broadcast_to(lw, (kc, xb.shape[0]))

@@ -177,3 +177,41 @@ def test_the_per_point_csv_names_its_checkpoint(run_dir, tmp_path, capsys):
     run = load_run(run_dir)
     assert len(table) == 4 and set(table.checkpoint_id) == {run.checkpoint_id}
     assert set(table.run_id) == {run.run_id}
+
+
+def test_the_command_line_process_writes_everything_before_its_fast_exit(run_dir):
+    """Run as a program, evaluate ends without the interpreter's teardown (cli.exit_now): the
+    JSON line, the CSV row and the exit status are all there."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "ppl_vae", "evaluate", "--run", str(run_dir), "--estimator",
+           "is", "--samples", "20", "--limit", "10", "--json", "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n"] == 10
+    assert len(pd.read_csv(run_dir / "evaluation.csv")) == 1
+    bad = subprocess.run(cmd[:5] + [str(run_dir / "nowhere")] + cmd[6:], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and "no such run directory" in bad.stderr
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_an_npz_split_is_read_alone_as_the_run_would_read_it(run_dir, tmp_path, grey):
+    import numpy as np
+
+    from ppl_vae.commands.evaluate import _split
+    from ppl_vae.io.data import load_dataset
+    from ppl_vae.training.runs import load_run
+
+    ds = load_dataset("digits")
+    arrays = {k: getattr(ds, k).numpy() for k in ("train", "valid", "test")}
+    if not grey:
+        arrays = {k: (v > 0.5).astype(np.uint8) for k, v in arrays.items()}
+    np.savez(tmp_path / "d.npz", **arrays)
+    r = load_run(run_dir)
+    r.config.data = str(tmp_path / "d.npz")
+    expected = load_run(run_dir)
+    expected.config.data = r.config.data
+    assert torch.equal(_split(r, "test", 7), expected.split("test")[:7])
+    assert torch.equal(_split(r, "valid"), expected.split("valid"))

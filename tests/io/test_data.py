@@ -169,3 +169,27 @@ def test_grey_data_is_binarized_afresh_each_minibatch(tmp_path, monkeypatch):
 def test_mnist_dynamic_without_the_files_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="mnist: not found under"):
         load_dataset("mnist-dynamic", root=tmp_path, download=False)
+
+
+def test_load_split_reads_one_split_as_load_dataset_does(tmp_path):
+    from ppl_vae.io.data import as_evaluated, load_split
+    from ppl_vae.models import make_likelihood
+
+    path = str(_npz(tmp_path, **good_arrays()))
+    ds = load_dataset(path, likelihood="bernoulli")
+    for name in ("train", "valid", "test"):
+        assert torch.equal(load_split(path, name, likelihood={"name": "bernoulli"}),
+                           ds.split(name))
+    assert torch.equal(load_split(path, "train", limit=7), ds.train[:7])
+    grey = {k: v * 0.5 for k, v in good_arrays().items()}  # grey: binarized for evaluation
+    gpath = str(_npz(tmp_path, "grey.npz", **grey))
+    lik = make_likelihood("bernoulli")
+    assert torch.equal(as_evaluated(load_split(gpath, "test"), "test", lik),
+                       load_dataset(gpath).split_for("test", lik))
+    with pytest.raises(DataError, match="outside"):  # the support is checked, as by load_dataset
+        load_split(str(_npz(tmp_path, "big.npz", **{**good_arrays(), "test": grey["test"] * 4})),
+                   "test", likelihood={"name": "bernoulli"})
+    with pytest.raises(DataError, match="missing key"):
+        load_split(str(_npz(tmp_path, "two.npz", train=grey["train"], valid=grey["valid"])),
+                   "test")
+    assert torch.equal(load_split("digits", "test", limit=4), load_dataset("digits").test[:4])

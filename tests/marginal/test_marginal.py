@@ -363,6 +363,34 @@ def test_seeded_estimates_depend_only_on_the_seed_and_the_point_index(estimator)
     assert torch.equal(run(x[3:4], seed=3, index_offset=3), whole[3:4])
 
 
+@pytest.mark.parametrize("estimator", ["naive", "is"])
+def test_a_block_past_the_end_of_the_data_computes_its_real_rows_only(estimator):
+    """The seeded path's blocks are 64 points at K = 100: 70 points are a whole block and one
+    of 6 points, whose decoder runs on those 6 rows only (no padding), with the same per-point
+    estimates as when the points sit inside a whole block."""
+    from ppl_vae.marginal import estimate_log_likelihood
+
+    model, guide = tiny_vae()
+    x = torch.rand(128, 12, generator=torch.Generator().manual_seed(0), dtype=F64).round()
+    rows = []
+    hook = model.decoder.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[:-1]))
+
+    def run(xs, **kw):
+        return estimate_log_likelihood(model, guide, xs, estimator, 100, seed=2, **kw)
+
+    try:
+        part = run(x[:70])
+        decoded = [r for r in rows if len(r) == 2 and r[0] == 100]  # (particles, points)
+        assert [r[1] for r in decoded] == [64, 6]
+        whole = run(x)  # points 64..69 inside the second whole block
+        shifted = run(x[60:70], index_offset=60)  # a block of 4 and one of 6 real rows
+    finally:
+        hook.remove()
+    assert torch.equal(part.log_likelihood, whole.log_likelihood[:70])
+    assert torch.equal(shifted.log_likelihood, whole.log_likelihood[60:70])
+    assert torch.allclose(part.ess, whole.ess[:70], rtol=1e-12, atol=0)
+
+
 def test_diagnostics_match_their_definitions():
     import arviz
 
