@@ -4,6 +4,8 @@ One estimator per module, like ``pyro/infer/*.py``:
 
 * :mod:`~ppl_vae.infer.no_reparam` — :class:`NoReparamMessenger`: switch reparameterization off
   (score-function gradients on a continuous latent);
+* :mod:`~ppl_vae.infer.tracegraph_elbo` — :class:`FastTraceGraph_ELBO`: Pyro's
+  ``TraceGraph_ELBO`` without provenance tracking where it cannot change the result;
 * :mod:`~ppl_vae.infer.baselines` — :class:`BaselineMessenger`, :class:`NeuralBaseline`,
   :class:`AverageBaselineTraceGraph_ELBO`: control-variate baselines;
 * :mod:`~ppl_vae.infer.stl_elbo` — :class:`STL_ELBO` (Roeder et al. 2017);
@@ -38,6 +40,7 @@ from ppl_vae.infer.rebar import REBAR, RebarMessenger
 from ppl_vae.infer.reinforce_loo import ReinforceLOO
 from ppl_vae.infer.rws import ReweightedWakeSleep
 from ppl_vae.infer.stl_elbo import STL_ELBO
+from ppl_vae.infer.tracegraph_elbo import FastTraceGraph_ELBO
 from ppl_vae.infer.vimco import VIMCO
 from ppl_vae.infer.wake_sleep import WakeSleep
 
@@ -45,6 +48,7 @@ __all__ = [
     "ARM",
     "AntitheticBernoulliMessenger",
     "DisARM",
+    "FastTraceGraph_ELBO",
     "GumbelSoftmax",
     "MultiSampleELBO",
     "REBAR",

@@ -17,10 +17,12 @@ name             ELBO class                          gradient estimator
                                                      form (Kingma & Welling 2014, App. B);
                                                      reparameterized latents only; alias
                                                      ``analytic-kl``
-``tracegraph``   ``TraceGraph_ELBO``                 score function Rao-Blackwellized with the
+``tracegraph``   ``FastTraceGraph_ELBO``             score function Rao-Blackwellized with the
                                                      dependency graph (Williams 1992; Ranganath et
-                                                     al. 2014)
-``score``        ``TraceGraph_ELBO``                 score function on the *same* continuous latent
+                                                     al. 2014): Pyro's ``TraceGraph_ELBO``, without
+                                                     provenance tracking where the costs are the
+                                                     whole log-weight per point
+``score``        ``FastTraceGraph_ELBO``             score function on the *same* continuous latent
                                                      (reparameterization switched off by
                                                      :class:`~ppl_vae.infer.no_reparam.NoReparamMessenger`)
 ``score-avg``    ``AverageBaselineTraceGraph_ELBO``  ``score`` minus a decaying-average baseline
@@ -97,6 +99,7 @@ from ppl_vae.infer.rebar import REBAR
 from ppl_vae.infer.reinforce_loo import ReinforceLOO
 from ppl_vae.infer.rws import ReweightedWakeSleep
 from ppl_vae.infer.stl_elbo import STL_ELBO
+from ppl_vae.infer.tracegraph_elbo import FastTraceGraph_ELBO
 from ppl_vae.infer.vimco import VIMCO
 from ppl_vae.infer.wake_sleep import WakeSleep
 
@@ -357,11 +360,11 @@ def _meanfield(num_particles, vectorize_particles):
         **elbo_options(num_particles, vectorize_particles)))
 
 
-@register_objective("tracegraph", pyro.infer.TraceGraph_ELBO,
+@register_objective("tracegraph", FastTraceGraph_ELBO,
                     "TraceGraph_ELBO: Rao-Blackwellized score function for non-reparameterizable "
                     "sites", compare=False)  # on reparameterized latents it is `trace`
 def _tracegraph(num_particles, vectorize_particles):
-    return Objective("tracegraph", pyro.infer.TraceGraph_ELBO(
+    return Objective("tracegraph", FastTraceGraph_ELBO(
         **elbo_options(num_particles, vectorize_particles)))
 
 
@@ -373,10 +376,10 @@ def _enum(num_particles, vectorize_particles):
         **elbo_options(num_particles, vectorize_particles)))
 
 
-@register_objective("score", pyro.infer.TraceGraph_ELBO,
+@register_objective("score", FastTraceGraph_ELBO,
                     "TraceGraph_ELBO, reparameterization off: score function, no baseline")
 def _score(num_particles, vectorize_particles):
-    return Objective("score", pyro.infer.TraceGraph_ELBO(
+    return Objective("score", FastTraceGraph_ELBO(
         **elbo_options(num_particles, vectorize_particles)), wrap_guide=score_function_guide())
 
 
