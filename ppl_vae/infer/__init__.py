@@ -20,7 +20,9 @@ One estimator per module, like ``pyro/infer/*.py``:
   2019); :mod:`~ppl_vae.infer.disarm` — :class:`DisARM` (Dong et al. 2020);
   :mod:`~ppl_vae.infer.gumbel_softmax` — :class:`GumbelSoftmax`,
   :class:`RelaxedBernoulliMessenger` (Maddison et al. 2017; Jang et al. 2017; biased);
-  :mod:`~ppl_vae.infer.rebar` — :class:`REBAR`, :class:`RebarMessenger` (Tucker et al. 2017).
+  :mod:`~ppl_vae.infer.rebar` — :class:`REBAR`, :class:`RebarMessenger` (Tucker et al. 2017);
+  :mod:`~ppl_vae.infer.relax` — :class:`RELAX`, :class:`RelaxControlVariate` (Grathwohl et al.
+  2018).
 """
 
 from ppl_vae.infer.arm import ARM, AntitheticBernoulliMessenger
@@ -38,6 +40,7 @@ from ppl_vae.infer.multi_sample_elbo import MultiSampleELBO
 from ppl_vae.infer.no_reparam import NonReparameterized, NoReparamMessenger, no_reparam
 from ppl_vae.infer.rebar import REBAR, RebarMessenger
 from ppl_vae.infer.reinforce_loo import ReinforceLOO
+from ppl_vae.infer.relax import RELAX, RelaxControlVariate
 from ppl_vae.infer.rws import ReweightedWakeSleep
 from ppl_vae.infer.stl_elbo import STL_ELBO
 from ppl_vae.infer.tracegraph_elbo import FastTraceGraph_ELBO
@@ -53,6 +56,8 @@ __all__ = [
     "MultiSampleELBO",
     "REBAR",
     "RebarMessenger",
+    "RELAX",
+    "RelaxControlVariate",
     "ReinforceLOO",
     "RelaxedBernoulliMessenger",
     "VIMCO",
