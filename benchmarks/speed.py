@@ -304,7 +304,7 @@ def main(argv=None) -> int:
         if "objectives" in only:
             rows += bench_objective_steps(x, repeats, 5 if args.quick else 50)
         if "discrete" in only:
-            rows += bench_discrete_steps(x, repeats, 10 if args.quick else 50,
+            rows += bench_discrete_steps(x, max(repeats, 5), 20 if args.quick else 50,
                                          args.discrete and args.discrete.split(","))
         if "marginal" in only:
             rows += bench_marginal(xt, k, repeats)

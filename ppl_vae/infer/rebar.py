@@ -142,33 +142,57 @@ class REBAR(MultiSampleELBO):
                                            "value": guide_b.nodes[site]["value"].detach()})
         return hard, (model_b, guide_b), upstream
 
+    def _stack(self, a, b):
+        """Two per-sample tensors (the K particles first when vectorized) as one with the
+        2K (or 2) stacked copies first."""
+        return torch.cat([a, b]) if self.vectorize_particles else torch.stack([a, b])
+
+    def _halves(self, t):
+        """The two halves of a stacked tensor (inverse of :meth:`_stack`)."""
+        if self.vectorize_particles:
+            k = t.shape[0] // 2
+            return t[:k], t[k:]
+        return t[0], t[1]
+
     def _relaxed_pair(self, model, guide, args, kwargs, hard, upstream, values):
-        """Model and guide traced with the Bernoulli sites set to ``values`` (relaxed), every
-        model and guide parameter detached, the upstream latents replayed."""
+        """Model and guide traced once with the Bernoulli sites set to ``values``, the relaxed
+        values at z and at z~ stacked (:meth:`_stack`) in a plate of 2K (or 2) copies, every
+        model and guide parameter detached, the upstream latents replayed (stacked too)."""
+        k = self.num_particles if self.vectorize_particles else 1
+        wrap, nesting = self._stacking_plate(2 * k)
+        stacked = Trace()
+        for name, site in upstream.nodes.items():
+            v = site["value"]
+            if len(site["fn"].batch_shape) == self.max_plate_nesting:  # a full batch shape
+                v = self._stack(v, v)
+            stacked.add_node(name, **{**site, "value": v})
         handler = RebarMessenger(values)
         with detached_parameters(guide, model) as frozen_guide, pyro.validation_enabled(False):
             m, g = self._trace_pair(
-                self._vec(model), self._vec(frozen_guide), args, kwargs,
-                lambda fn, h=handler: poutine.replay(h(fn), trace=upstream))
+                wrap(model), wrap(frozen_guide), args, kwargs,
+                lambda fn, h=handler: poutine.replay(h(fn), trace=stacked),
+                max_plate_nesting=nesting)
         for name, logits in hard.logits.items():
-            if not torch.equal(logits.detach(), handler_logits(g, name).detach()):
-                raise NotImplementedError(
-                    f"{type(self).__name__}: the logits of Bernoulli site {name!r} depend on "
-                    "another latent drawn after the first Bernoulli site")
+            for half in self._halves(handler_logits(g, name)):
+                if not torch.equal(logits.detach(), half.detach()):
+                    raise NotImplementedError(
+                        f"{type(self).__name__}: the logits of Bernoulli site {name!r} depend "
+                        "on another latent drawn after the first Bernoulli site")
         return m, g
 
     def _sample(self, model, guide, args, kwargs):
         hard, traces, upstream = self._hard_sample(model, guide, args, kwargs)
         if not hard.logits:  # nothing to relax: the reparameterized gradient of f(z)
-            return hard, traces, []
-        relaxed = [self._relaxed_pair(model, guide, args, kwargs, hard, upstream,
-                                      {n: torch.sigmoid(z / self.temperature)
-                                       for n, z in zs.items()})
-                   for zs in (hard.z, hard.z_tilde)]
-        return hard, traces, relaxed
+            return hard, traces, None
+        lam = self.temperature
+        values = {n: self._stack(torch.sigmoid(hard.z[n] / lam),
+                                 torch.sigmoid(hard.z_tilde[n] / lam)) for n in hard.logits}
+        m, g = self._relaxed_pair(model, guide, args, kwargs, hard, upstream, values)
+        lp, lq, _ = self._parts(m, g)
+        return hard, traces, self._halves(self.eta * (lp - lq) / data_scale(m))
 
     def _particles(self, model, guide, args, kwargs):
-        if self.vectorize_particles and self.max_plate_nesting == float("inf"):
+        if self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
         n = 1 if self.vectorize_particles else self.num_particles
         return [self._sample(model, guide, args, kwargs) for _ in range(n)]
@@ -182,11 +206,8 @@ class REBAR(MultiSampleELBO):
             direct = sum((guide_b.nodes[n]["log_prob"].sum() for n in hard.logits), torch.zeros(()))
             objective = objective + f_b.sum()
             surrogate = surrogate + f_b.sum() + (direct - direct.detach()) / scale
-            if relaxed:
-                c = []
-                for m, g in relaxed:
-                    lp, lq, _ = self._parts(m, g)
-                    c.append(self.eta * (lp - lq) / scale)
+            if relaxed is not None:
+                c = relaxed
                 surrogate = (surrogate + ((f_b.detach() - c[1].detach()) * score).sum()
                              + (c[0] - c[1]).sum())
         k = self.num_particles

@@ -199,21 +199,28 @@ class RELAX(REBAR):
     def eta(self):
         return self.control_variate.eta
 
-    def _control(self, model, guide, args, kwargs, hard, upstream, zs, inputs, sites,
-                 create_graph):
-        """c_psi at the logistic samples ``zs`` (per data point) and its gradient with respect
-        to them (with a graph to psi when ``create_graph``)."""
+    def _controls(self, model, guide, args, kwargs, hard, upstream, inputs, sites,
+                  create_graph):
+        """c_psi at z and at z~ (per data point; one stacked relaxed evaluation) and its
+        gradients with respect to them (with a graph to psi when ``create_graph``)."""
         cv = self.control_variate
-        leaves = {n: z.detach().requires_grad_() for n, z in zs.items()}
+        leaves = [{n: z.detach().requires_grad_() for n, z in zs.items()}
+                  for zs in (hard.z, hard.z_tilde)]
+        stacked = {n: self._stack(leaves[0][n], leaves[1][n]) for n in hard.logits}
         lam = cv.temperature
-        values = {n: torch.sigmoid(leaf / lam) for n, leaf in leaves.items()}
+        values = {n: torch.sigmoid(leaf / lam) for n, leaf in stacked.items()}
         m, g = self._relaxed_pair(model, guide, args, kwargs, hard, upstream, values)
         lp, lq, _ = self._parts(m, g)
         c = cv.eta * (lp - lq) / data_scale(m)
         if cv.net is not None:
-            c = c + self._residual(inputs, leaves, sites, c)
-        grads = torch.autograd.grad(c.sum(), list(leaves.values()), create_graph=create_graph)
-        return c, dict(zip(leaves, grads))
+            c = c + self._residual(inputs, stacked, sites, c)
+        flat = [leaf for half in leaves for leaf in half.values()]
+        grads = torch.autograd.grad(c.sum(), flat, create_graph=create_graph)
+        names = list(hard.logits)
+        g_z = dict(zip(names, grads[: len(names)]))
+        g_t = dict(zip(names, grads[len(names):]))
+        c_z, c_t = self._halves(c)
+        return c_z, c_t, g_z, g_t
 
     def _residual(self, inputs, leaves, sites, like):
         if not torch.is_tensor(inputs):
@@ -244,8 +251,8 @@ class RELAX(REBAR):
 
     def loss(self, model, guide, *args, **kwargs):
         """-ELBO estimate from the hard evaluations f(b) (a float)."""
-        with torch.no_grad():
-            if self.vectorize_particles and self.max_plate_nesting == float("inf"):
+        with torch.no_grad(), self._validation():
+            if self.max_plate_nesting == float("inf"):
                 self._guess_max_plate_nesting(model, guide, args, kwargs)
             n = 1 if self.vectorize_particles else self.num_particles
             total, scale = 0.0, 1.0
@@ -260,7 +267,11 @@ class RELAX(REBAR):
         """-ELBO estimate (a float); accumulates the RELAX estimate into the model and guide
         parameters' ``.grad`` and the variance objective's gradient into the control
         variate's."""
-        if self.vectorize_particles and self.max_plate_nesting == float("inf"):
+        with self._validation():
+            return self._loss_and_grads(model, guide, args, kwargs)
+
+    def _loss_and_grads(self, model, guide, args, kwargs):
+        if self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
         cv = self.control_variate
         train = torch.is_grad_enabled() and any(p.requires_grad for p in cv.parameters())
@@ -280,10 +291,8 @@ class RELAX(REBAR):
             objective = objective + f_b.detach().sum()
             hard_part, var_part = base, base
             if hard.logits:
-                _, g_z = self._control(model, guide, args, kwargs, hard, upstream, hard.z,
-                                       inputs, sites, train)
-                c_t, g_t = self._control(model, guide, args, kwargs, hard, upstream,
-                                         hard.z_tilde, inputs, sites, train)
+                _, c_t, g_z, g_t = self._controls(model, guide, args, kwargs, hard, upstream,
+                                                  inputs, sites, train)
                 for name in hard.logits:
                     z, zt = hard.z[name], hard.z_tilde[name]
                     hard_part = (hard_part + (z * g_z[name].detach()).sum()
