@@ -12,6 +12,11 @@ statically binarized MNIST.
 * ``iwae-10``, ``dreg-10`` against a hand-written batched IWAE step; ``score-avg``, ``tracegraph``
   against a hand-written REINFORCE step with the same decaying-average baseline (per step,
   in-process).
+* ``discrete`` (issue 19): the discrete-latent objectives ``score-loo-2``, ``vimco-2``, ``arm``,
+  ``disarm``, ``rebar``, ``relax`` on the linear sigmoid belief network of the DisARM protocol
+  (784-200-784, batch 50, Adam lr 1e-4), each against a hand-written torch implementation of
+  the same estimator (``benchmarks/sbn_references.py``; the same gradients on the same draws,
+  ``tests/benchmarks/test_sbn_references.py``), per step, in-process.
 * ``is``, ``naive``: data points per second of ``importance_sampling`` / ``naive_monte_carlo``
   with default options and a seed (what ``ppl-vae evaluate`` runs) against a hand-written
   batched evaluator; peak RSS of ``ppl-vae evaluate -k 5000`` in a subprocess.
@@ -25,12 +30,12 @@ statically binarized MNIST.
 * ``startup``: ``import ppl_vae``, ``ppl-vae --help`` and ``import torch``, whole processes.
 * ``flops``: achieved GFLOP/s of a training step and of IS evaluation against a 2048^3 matmul.
 
-The references are in ``benchmarks/references.py``; the timing (interleaving, ratio rows) in
-``benchmarks/_common.py``.
+The references are in ``benchmarks/references.py`` and ``benchmarks/sbn_references.py``; the
+timing (interleaving, ratio rows) in ``benchmarks/_common.py``.
 
 Usage: ``python benchmarks/speed.py [--quick] [--threads N] [--only a,b] [--out DIR]``
-(``--only`` from startup, train, objectives, marginal, rss, fresh, flops; fresh is not in the
-default, run it with ``--only fresh [--run RUN] [--grid 200x200,...]``);
+(``--only`` from startup, train, objectives, discrete, marginal, rss, fresh, flops; fresh is
+not in the default, run it with ``--only fresh [--run RUN] [--grid 200x200,...]``);
 ``--quick`` (a 5000-point subset, fewer repeats) finishes in under two minutes. Writes
 ``speed.json`` and ``speed.csv`` to ``--out`` (default ``$TMPDIR/ppl_vae_benchmarks/speed``),
 nothing else.
@@ -49,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import references
+import sbn_references
 import torch
 from _common import (
     default_out,
@@ -116,8 +122,8 @@ def bench_objective_steps(x, repeats, steps) -> list[dict]:
     batches = [x[torch.randperm(n, generator=gen)[:100]] for _ in range(steps)]
     rows = []
     for name, ref_kind, goal in (("iwae-10", "iwae", 1.15), ("dreg-10", "iwae", 1.15),
-                                 ("score-avg", "reinforce", 1.35),
-                                 ("tracegraph", "reinforce", 1.35)):
+                                 ("score-avg", "reinforce", 1.2),
+                                 ("tracegraph", "reinforce", 1.2)):
         model, guide = _pair()
         svi = ppl_vae.SVI(model, guide, name, lr=1e-3)
         if name == "tracegraph":  # the score function on the same latent, as score-avg
@@ -141,6 +147,54 @@ def bench_objective_steps(x, repeats, steps) -> list[dict]:
         ref_name = "batched IWAE" if ref_kind == "iwae" else "REINFORCE + average baseline"
         label = f"{name} step vs hand-written {ref_name}"
         rows.append(ratio_row(label, times, "ours", "ref", per=steps, goal=goal))
+    return rows
+
+
+DISCRETE = (("score-loo-2", sbn_references.score_loo_grads, (2,)),
+            ("vimco-2", sbn_references.vimco_grads, (2,)),
+            ("arm", sbn_references.arm_grads, ()),
+            ("disarm", sbn_references.disarm_grads, ()),
+            ("rebar", sbn_references.rebar_grads, ()),
+            ("relax", sbn_references.relax_grads, None))
+
+
+def bench_discrete_steps(x, repeats, steps, only=None) -> list[dict]:
+    """Each discrete-latent objective's SVI step against the hand-written estimator's step on
+    the linear SBN (same initial weights, the same minibatches; Adam lr 1e-4)."""
+    import ppl_vae
+    from ppl_vae.guides import BernoulliGuide
+    from ppl_vae.models import SigmoidBeliefNetwork
+
+    n = x.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    batches = [x[torch.randperm(n, generator=gen)[:50]] for _ in range(steps)]
+    rows = []
+    for name, grads_fn, args in DISCRETE:
+        if only and name not in only:
+            continue
+        torch.manual_seed(0)
+        model, guide = SigmoidBeliefNetwork(784, 200), BernoulliGuide(784, 200)
+        objective = ppl_vae.make_objective(name, x_dim=784)
+        svi = ppl_vae.SVI(model, guide, objective, lr=1e-4)
+        sbn = sbn_references.TorchSBN(784, 200).load_pair(model, guide)
+        params = list(sbn.parameters())
+        if args is None:
+            relax = sbn_references.Relax(784, 200)
+            params += list(relax.parameters())
+            args = (relax,)
+        opt = torch.optim.Adam(params, lr=1e-4)
+
+        def ours():
+            for xb in batches:
+                svi.step(xb, num_data=n)
+
+        def ref():
+            for xb in batches:
+                sbn_references.step(grads_fn, sbn, opt, xb, n / xb.shape[0], *args)
+
+        times = interleave({"ours": ours, "ref": ref}, repeats)
+        rows.append(ratio_row(f"{name} step vs hand-written {name} (linear SBN 784-200, "
+                              "batch 50)", times, "ours", "ref", per=steps, goal=1.3))
     return rows
 
 
@@ -314,7 +368,7 @@ def bench_flops(x, k) -> list[dict]:
 def main(argv=None) -> int:
     ap = parser(__doc__, out=default_out("speed"), threads=True,
                 smoke="small budget: under two minutes")
-    ap.add_argument("--only", default="startup,train,objectives,marginal,rss,flops")
+    ap.add_argument("--only", default="startup,train,objectives,discrete,marginal,rss,flops")
     ap.add_argument("--run", type=Path, default=None,
                     help="fresh: a trained run of the architecture (default: the run the train "
                          "section trained, else one trained for 1 epoch here)")
@@ -324,6 +378,9 @@ def main(argv=None) -> int:
     ap.add_argument("--estimators", default="is,naive", help="fresh: estimators")
     ap.add_argument("--ref-malloc", action="store_true",
                     help="fresh: also time the reference with evaluate's malloc settings")
+    ap.add_argument("--discrete", default=None,
+                    help="with --only discrete: a comma-separated subset of "
+                         + ",".join(d[0] for d in DISCRETE))
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 3)")
     args = ap.parse_args(argv)
@@ -350,6 +407,9 @@ def main(argv=None) -> int:
                 rows += bench_train(objective, data, epochs, repeats, env, tmp)
         if "objectives" in only:
             rows += bench_objective_steps(x, repeats, 5 if args.quick else 50)
+        if "discrete" in only:
+            rows += bench_discrete_steps(x, max(repeats, 5), 20 if args.quick else 50,
+                                         args.discrete and args.discrete.split(","))
         if "marginal" in only:
             rows += bench_marginal(xt, k, repeats)
         if "rss" in only and (tmp / "run-trace").is_dir():

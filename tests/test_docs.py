@@ -15,7 +15,7 @@ import pyro
 import pytest
 
 from ppl_vae import marginal
-from ppl_vae.infer import NeuralBaseline, NoReparamMessenger
+from ppl_vae.infer import NeuralBaseline, NoReparamMessenger, RelaxControlVariate
 from ppl_vae.infer.mcem import MonteCarloEM
 from ppl_vae.infer.objectives import available_objectives, objective_spec
 
@@ -28,7 +28,7 @@ def registered_elbo_classes():
 
 ESTIMATORS = [marginal.naive_monte_carlo, marginal.importance_sampling,
               marginal.annealed_importance_sampling, marginal.estimate_log_likelihood]
-OTHERS = [NeuralBaseline, NoReparamMessenger, MonteCarloEM]
+OTHERS = [NeuralBaseline, NoReparamMessenger, RelaxControlVariate, MonteCarloEM]
 DOCUMENTED = registered_elbo_classes() + OTHERS + ESTIMATORS
 
 

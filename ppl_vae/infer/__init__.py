@@ -4,6 +4,8 @@ One estimator per module, like ``pyro/infer/*.py``:
 
 * :mod:`~ppl_vae.infer.no_reparam` — :class:`NoReparamMessenger`: switch reparameterization off
   (score-function gradients on a continuous latent);
+* :mod:`~ppl_vae.infer.tracegraph_elbo` — :class:`FastTraceGraph_ELBO`: Pyro's
+  ``TraceGraph_ELBO`` without provenance tracking where it cannot change the result;
 * :mod:`~ppl_vae.infer.baselines` — :class:`BaselineMessenger`, :class:`NeuralBaseline`,
   :class:`AverageBaselineTraceGraph_ELBO`: control-variate baselines;
 * :mod:`~ppl_vae.infer.stl_elbo` — :class:`STL_ELBO` (Roeder et al. 2017);
@@ -18,7 +20,9 @@ One estimator per module, like ``pyro/infer/*.py``:
   2019); :mod:`~ppl_vae.infer.disarm` — :class:`DisARM` (Dong et al. 2020);
   :mod:`~ppl_vae.infer.gumbel_softmax` — :class:`GumbelSoftmax`,
   :class:`RelaxedBernoulliMessenger` (Maddison et al. 2017; Jang et al. 2017; biased);
-  :mod:`~ppl_vae.infer.rebar` — :class:`REBAR`, :class:`RebarMessenger` (Tucker et al. 2017).
+  :mod:`~ppl_vae.infer.rebar` — :class:`REBAR`, :class:`RebarMessenger` (Tucker et al. 2017);
+  :mod:`~ppl_vae.infer.relax` — :class:`RELAX`, :class:`RelaxControlVariate` (Grathwohl et al.
+  2018).
 
 Running them: :mod:`~ppl_vae.infer.svi` — :class:`~ppl_vae.infer.svi.SVI` (one fused Adam);
 :mod:`~ppl_vae.infer.compiled` — :class:`~ppl_vae.infer.compiled.CompiledStep` (an objective's
@@ -41,8 +45,10 @@ from ppl_vae.infer.multi_sample_elbo import MultiSampleELBO
 from ppl_vae.infer.no_reparam import NonReparameterized, NoReparamMessenger, no_reparam
 from ppl_vae.infer.rebar import REBAR, RebarMessenger
 from ppl_vae.infer.reinforce_loo import ReinforceLOO
+from ppl_vae.infer.relax import RELAX, RelaxControlVariate
 from ppl_vae.infer.rws import ReweightedWakeSleep
 from ppl_vae.infer.stl_elbo import STL_ELBO
+from ppl_vae.infer.tracegraph_elbo import FastTraceGraph_ELBO
 from ppl_vae.infer.vimco import VIMCO
 from ppl_vae.infer.wake_sleep import WakeSleep
 
@@ -50,10 +56,13 @@ __all__ = [
     "ARM",
     "AntitheticBernoulliMessenger",
     "DisARM",
+    "FastTraceGraph_ELBO",
     "GumbelSoftmax",
     "MultiSampleELBO",
     "REBAR",
     "RebarMessenger",
+    "RELAX",
+    "RelaxControlVariate",
     "ReinforceLOO",
     "RelaxedBernoulliMessenger",
     "VIMCO",

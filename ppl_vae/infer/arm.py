@@ -23,14 +23,20 @@ class AntitheticBernoulliMessenger(Messenger):
     in ``self.logits`` (with their gradient path). Put it around the guide *outside* any
     vectorized particle plate, so that it sees the sites' full batch shapes.
 
+    With ``stacked=K`` both members of K pairs are drawn in one run: the sites' leftmost
+    dimension (a plate of 2K copies) holds ``u`` in its first K entries and ``1 - u`` in the
+    last K (``u`` of K entries is recorded).
+
     :param dict noise: the ``noise`` of the first draw of the pair, or None for a first draw.
+    :param int stacked: K, for a run that draws both members of K pairs (or None).
     """
 
-    def __init__(self, noise=None):
+    def __init__(self, noise=None, stacked=None):
         super().__init__()
         self.antithetic = noise is not None
         self.noise = {} if noise is None else noise
         self.logits = {}
+        self.stacked = stacked
 
     def _pyro_sample(self, msg):
         if not is_latent(msg) or msg["value"] is not None:
@@ -39,6 +45,17 @@ class AntitheticBernoulliMessenger(Messenger):
         if logits is None:
             return
         name = msg["name"]
+        if self.stacked:
+            k = self.stacked
+            if logits.shape[0] != 2 * k:
+                raise NotImplementedError(f"site {msg['name']!r}: expected the {2 * k} stacked "
+                                          f"copies in its leftmost dim, got {logits.shape}")
+            u = torch.rand((k,) + logits.shape[1:], dtype=logits.dtype, device=logits.device)
+            self.noise[name] = u
+            self.logits[name] = logits
+            msg["value"] = (torch.cat([u, 1.0 - u]) < torch.sigmoid(logits.detach())).to(
+                logits.dtype)
+            return
         if self.antithetic:
             u = 1.0 - self.noise[name]
         else:
@@ -131,36 +148,92 @@ class ARM(MultiSampleELBO):
                     "needs a single factorized Bernoulli layer")
         return first, (model_a, guide_a), (model_b, guide_b)
 
+    def _stacked_pair(self, model, guide, args, kwargs, k):
+        """Both members of ``k`` pairs in one trace of model and guide (2k stacked copies), or
+        None where a latent is drawn before the first Bernoulli site (the pair must share it:
+        the two-run path)."""
+        wrap, nesting = self._stacking_plate(2 * k)
+        handler = AntitheticBernoulliMessenger(stacked=k)
+        model_s, guide_s = self._trace_pair(wrap(model), wrap(guide), args, kwargs, handler,
+                                            max_plate_nesting=nesting)
+        latents = [name for name, site in guide_s.nodes.items() if is_latent(site)]
+        if not handler.logits or latents[0] not in handler.logits:
+            return None
+        for name in latents:
+            if name not in handler.logits and not guide_s.nodes[name]["fn"].has_rsample:
+                raise NotImplementedError(
+                    f"{type(self).__name__}: guide site {name!r} is neither Bernoulli nor "
+                    "reparameterizable")
+        for name, logits in handler.logits.items():
+            if not is_capturing() and not torch.equal(logits[:k].detach(), logits[k:].detach()):
+                raise NotImplementedError(
+                    f"{type(self).__name__}: the logits of Bernoulli site {name!r} depend on "
+                    "another latent drawn after the first Bernoulli site; the antithetic pair "
+                    "needs a single factorized Bernoulli layer")
+        return handler, (model_s, guide_s), k
+
     def _particles(self, model, guide, args, kwargs):
+        if self.max_plate_nesting == float("inf"):
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
+        k = self.num_particles if self.vectorize_particles else 1
+        # One trace per pair (both members stacked) where the guide's first latent is a
+        # Bernoulli site, as found on the first call; else (or where a later call finds
+        # otherwise) the pair's two runs, the second replaying the upstream latents.
+        stack = getattr(self, "_stack", None)
+        if stack:
+            pairs = [self._stacked_pair(model, guide, args, kwargs, k)
+                     for _ in range(self.num_particles // k)]
+            if all(p is not None for p in pairs):
+                return pairs
+            self._stack = False
         if self.vectorize_particles:
-            if self.max_plate_nesting == float("inf"):
-                self._guess_max_plate_nesting(model, guide, args, kwargs)
             model, guide = self._vectorized_num_particles(model), self._vectorized_num_particles(
                 guide)
-            return [self._pair(model, guide, args, kwargs)]
-        return [self._pair(model, guide, args, kwargs) for _ in range(self.num_particles)]
+            pairs = [self._pair(model, guide, args, kwargs)]
+        else:
+            pairs = [self._pair(model, guide, args, kwargs) for _ in range(self.num_particles)]
+        if stack is None:
+            handler, (_, guide_a), _ = pairs[0]
+            latents = [n for n, site in guide_a.nodes.items() if is_latent(site)]
+            self._stack = bool(handler.logits) and latents[0] in handler.logits
+        return pairs
 
     def _surrogate(self, pairs):
         objective, surrogate = 0.0, 0.0
-        for handler, (model_a, guide_a), (model_b, guide_b) in pairs:
-            scale = data_scale(model_a)
-            f = []
-            for model_trace, guide_trace in ((model_a, guide_a), (model_b, guide_b)):
+        for pair in pairs:
+            if len(pair) == 3 and isinstance(pair[2], int):  # stacked: one trace, 2k copies
+                handler, (model_s, guide_s), k = pair
+                halves = [(model_s, guide_s, slice(0, k)), (model_s, guide_s, slice(k, 2 * k))]
+                traces = [(model_s, guide_s)]
+            else:
+                handler, (model_a, guide_a), (model_b, guide_b) = pair
+                halves = [(model_a, guide_a, slice(None)), (model_b, guide_b, slice(None))]
+                traces = [(model_a, guide_a), (model_b, guide_b)]
+            scale = data_scale(traces[0][0])
+            log_ws = []
+            for model_trace, guide_trace in traces:
                 log_p, log_q, _ = self._parts(model_trace, guide_trace)
                 log_w = (log_p - log_q) / scale
+                log_ws.append(log_w)
                 # drop the direct d log q(b) / d phi of the Bernoulli sites (mean zero)
                 direct = sum((guide_trace.nodes[n]["log_prob"].sum() for n in handler.logits),
                              torch.zeros(()))
                 objective = objective + log_w.sum() / 2
                 surrogate = surrogate + (log_w.sum() + (direct - direct.detach()) / scale) / 2
-                f.append(log_w.detach())
+            if len(log_ws) == 1:
+                f = [log_ws[0].detach()[part] for _, _, part in halves]
+            else:
+                f = [w.detach() for w in log_ws]
+            (_, guide_a, part_a), (_, guide_b, part_b) = halves
             for name, logits in handler.logits.items():
                 site_a, site_b = guide_a.nodes[name], guide_b.nodes[name]
+                logits_a = logits[part_a]
                 signal = self._signal(self.at_site(f[0], site_a), self.at_site(f[1], site_a),
-                                      handler.noise[name], logits.detach(), site_a["value"],
-                                      site_b["value"])
+                                      handler.noise[name], logits_a.detach(),
+                                      site_a["value"][part_a], site_b["value"][part_b])
                 if torch.is_tensor(site_a["mask"]):
-                    signal = signal * self.at_site(site_a["mask"].to(signal.dtype), site_a)
-                surrogate = surrogate + (signal * logits).sum()
+                    mask = self.at_site(site_a["mask"].to(signal.dtype), site_a)
+                    signal = signal * (mask[part_a] if mask.dim() == signal.dim() else mask)
+                surrogate = surrogate + (signal * logits_a).sum()
         k = self.num_particles
         return scale * objective / k, scale * surrogate / k

@@ -30,11 +30,12 @@ from typing import Sequence
 
 import pyro
 import torch
-from pyro.infer import TraceGraph_ELBO
+from pyro.ops.provenance import detach_provenance
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
 from ppl_vae.infer.no_reparam import NoReparamMessenger
+from ppl_vae.infer.tracegraph_elbo import FastTraceGraph_ELBO
 from ppl_vae.poutine.trace import is_latent
 
 __all__ = [
@@ -197,7 +198,7 @@ class BaselineMessenger(Messenger):
         msg["infer"] = {**msg["infer"], "baseline": options}
 
 
-class AverageBaselineTraceGraph_ELBO(TraceGraph_ELBO):
+class AverageBaselineTraceGraph_ELBO(FastTraceGraph_ELBO):
     r"""Pyro's :class:`~pyro.infer.TraceGraph_ELBO` with decaying-average baselines of its own.
 
     The score-function gradient of a latent guide site :math:`z` with downstream cost
@@ -221,13 +222,17 @@ class AverageBaselineTraceGraph_ELBO(TraceGraph_ELBO):
     out again, restoring whatever was there before. An average whose shape no longer matches the
     site (a different batch size) restarts from zero, as a fresh one does in Pyro. With
     :attr:`frozen` set the averages are used but not updated. The loss value is
-    :class:`~pyro.infer.TraceGraph_ELBO`'s.
+    :class:`~pyro.infer.TraceGraph_ELBO`'s. A
+    :class:`~ppl_vae.infer.tracegraph_elbo.FastTraceGraph_ELBO`: without provenance tracking
+    where every cost is the whole log-weight per data point (the same loss and gradients).
 
     :param int num_particles: samples per data point, averaged. Default 1.
     :param max_plate_nesting: bound on the number of nested :func:`pyro.plate` contexts.
         Default infinity: Pyro finds it from a first trace.
     :param bool vectorize_particles: draw the samples in one vectorized pass. Default False.
-    :param kwargs: the other keyword arguments of :class:`pyro.infer.TraceGraph_ELBO`.
+    :param kwargs: the other keyword arguments of
+        :class:`~ppl_vae.infer.tracegraph_elbo.FastTraceGraph_ELBO` (``recheck_every``) and
+        :class:`pyro.infer.TraceGraph_ELBO`.
 
     Example::
 
@@ -288,7 +293,10 @@ class AverageBaselineTraceGraph_ELBO(TraceGraph_ELBO):
                 key = _AVG_PREFIX + name
                 if key in store:
                     if not (self.frozen and name in self.averages):
-                        self.averages[name] = store[key].detach()
+                        # without the provenance a tracked (stock) step leaves on it, which
+                        # would send every later step's baseline arithmetic through Pyro's
+                        # provenance tracking; the values are the same
+                        self.averages[name] = detach_provenance(store[key]).detach()
                     del store[key]
                 if key in saved:
                     store[key] = saved[key]

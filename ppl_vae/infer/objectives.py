@@ -17,10 +17,12 @@ name             ELBO class                          gradient estimator
                                                      form (Kingma & Welling 2014, App. B);
                                                      reparameterized latents only; alias
                                                      ``analytic-kl``
-``tracegraph``   ``TraceGraph_ELBO``                 score function Rao-Blackwellized with the
+``tracegraph``   ``FastTraceGraph_ELBO``             score function Rao-Blackwellized with the
                                                      dependency graph (Williams 1992; Ranganath et
-                                                     al. 2014)
-``score``        ``TraceGraph_ELBO``                 score function on the *same* continuous latent
+                                                     al. 2014): Pyro's ``TraceGraph_ELBO``, without
+                                                     provenance tracking where the costs are the
+                                                     whole log-weight per point
+``score``        ``FastTraceGraph_ELBO``             score function on the *same* continuous latent
                                                      (reparameterization switched off by
                                                      :class:`~ppl_vae.infer.no_reparam.NoReparamMessenger`)
 ``score-avg``    ``AverageBaselineTraceGraph_ELBO``  ``score`` minus a decaying-average baseline
@@ -58,6 +60,15 @@ name             ELBO class                          gradient estimator
 ``rebar-K``      ``REBAR``                           REINFORCE with the Concrete control variate,
                                                      fixed ``eta`` (1.0) and ``temperature`` (0.5)
                                                      (Tucker et al. 2017)
+``relax-K``      ``RELAX``                           REBAR's estimator with a learned control
+                                                     variate eta f(sigma(z/lambda)) + r(x, z)
+                                                     (objective module ``control_variate``)
+                                                     trained to minimize the estimate's variance
+                                                     (Grathwohl et al. 2018); options
+                                                     ``temperature``, ``eta`` (initial values),
+                                                     ``control_hidden`` (137,),
+                                                     ``control_network`` (False: REBAR with eta,
+                                                     lambda tuned online), ``variance``
 ================ =================================== ==============================================
 
 What an objective can do is a property of its ELBO class, read by :func:`can_infer_discrete`
@@ -95,8 +106,10 @@ from ppl_vae.infer.gumbel_softmax import GumbelSoftmax
 from ppl_vae.infer.iwae_elbo import IWAE_ELBO
 from ppl_vae.infer.rebar import REBAR
 from ppl_vae.infer.reinforce_loo import ReinforceLOO
+from ppl_vae.infer.relax import RELAX, RelaxControlVariate
 from ppl_vae.infer.rws import ReweightedWakeSleep
 from ppl_vae.infer.stl_elbo import STL_ELBO
+from ppl_vae.infer.tracegraph_elbo import FastTraceGraph_ELBO
 from ppl_vae.infer.vimco import VIMCO
 from ppl_vae.infer.wake_sleep import WakeSleep
 
@@ -357,11 +370,11 @@ def _meanfield(num_particles, vectorize_particles):
         **elbo_options(num_particles, vectorize_particles)))
 
 
-@register_objective("tracegraph", pyro.infer.TraceGraph_ELBO,
+@register_objective("tracegraph", FastTraceGraph_ELBO,
                     "TraceGraph_ELBO: Rao-Blackwellized score function for non-reparameterizable "
                     "sites", compare=False)  # on reparameterized latents it is `trace`
 def _tracegraph(num_particles, vectorize_particles):
-    return Objective("tracegraph", pyro.infer.TraceGraph_ELBO(
+    return Objective("tracegraph", FastTraceGraph_ELBO(
         **elbo_options(num_particles, vectorize_particles)))
 
 
@@ -373,10 +386,10 @@ def _enum(num_particles, vectorize_particles):
         **elbo_options(num_particles, vectorize_particles)))
 
 
-@register_objective("score", pyro.infer.TraceGraph_ELBO,
+@register_objective("score", FastTraceGraph_ELBO,
                     "TraceGraph_ELBO, reparameterization off: score function, no baseline")
 def _score(num_particles, vectorize_particles):
-    return Objective("score", pyro.infer.TraceGraph_ELBO(
+    return Objective("score", FastTraceGraph_ELBO(
         **elbo_options(num_particles, vectorize_particles)), wrap_guide=score_function_guide())
 
 
@@ -510,3 +523,20 @@ def _rebar(num_particles, vectorize_particles, temperature: float = 0.5, eta: fl
     return Objective("rebar", REBAR(num_particles=num_particles,
                                     temperature=_temperature(temperature), eta=float(eta),
                                     vectorize_particles=vectorize_particles))
+
+
+@register_objective("relax", RELAX,
+                    "RELAX for Bernoulli sites: REBAR's estimator with a learned control variate "
+                    "trained to minimize the variance (Grathwohl et al. 2018); 3 model "
+                    "evaluations per sample and a second-order backward pass",
+                    takes_k=True, compare=False)
+def _relax(num_particles, vectorize_particles, temperature: float = 0.5, eta: float = 1.0,
+           control_hidden: Sequence[int] = (137,), control_network: bool = True,
+           variance: str = "parameters"):
+    if variance not in ("parameters", "logits"):
+        raise ConfigError(f"variance must be 'parameters' or 'logits', got {variance!r}")
+    cv = RelaxControlVariate(_temperature(temperature), float(eta), control_hidden,
+                             bool(control_network))
+    return Objective("relax", RELAX(num_particles=num_particles, control_variate=cv,
+                                    variance=variance, vectorize_particles=vectorize_particles),
+                     modules={"control_variate": cv})

@@ -60,7 +60,8 @@ class REBAR(MultiSampleELBO):
     r"""The REBAR gradient estimator [1] of the ELBO for the Bernoulli latent sites of any guide,
     with fixed control-variate scale :math:`\eta` and temperature :math:`\lambda` (unbiased for
     any fixed values; [1] also tunes both by minimizing the variance, and RELAX [2] learns a
-    control variate, neither done here).
+    control variate: :class:`~ppl_vae.infer.relax.RELAX` does both, ``relax`` with
+    ``control_network=False`` being REBAR with online tuning).
 
     With logits :math:`\alpha`, :math:`z = \alpha + \log\frac{u}{1-u}`, :math:`b = H(z) \sim
     \mathrm{Bernoulli}(\sigma(\alpha))`, :math:`\tilde z \sim p(z | b)` (reparameterized given
@@ -122,41 +123,77 @@ class REBAR(MultiSampleELBO):
     def _vec(self, fn):
         return self._vectorized_num_particles(fn) if self.vectorize_particles else fn
 
-    def _sample(self, model, guide, args, kwargs):
+    def _hard_sample(self, model, guide, args, kwargs):
+        """The evaluation at b = H(z): ``(hard, (model_trace, guide_trace), upstream)``, the
+        handler holding z, z~ and the logits, and the trace of the latents drawn before the
+        first Bernoulli site (replayed, detached, by the relaxed evaluations)."""
         hard = RebarMessenger()
         model_b, guide_b = self._trace_pair(self._vec(model), self._vec(guide), args, kwargs,
                                             hard)
         latents = [n for n, s in guide_b.nodes.items() if is_latent(s)]
-        for name in latents:
-            if name not in hard.logits and not guide_b.nodes[name]["fn"].has_rsample:
-                raise NotImplementedError(f"REBAR: guide site {name!r} is neither Bernoulli nor "
-                                          "reparameterizable")
-        if not hard.logits:  # nothing to relax: the reparameterized gradient of f(z)
-            return hard, (model_b, guide_b), []
+        name = type(self).__name__
+        for site in latents:
+            if site not in hard.logits and not guide_b.nodes[site]["fn"].has_rsample:
+                raise NotImplementedError(f"{name}: guide site {site!r} is neither Bernoulli "
+                                          "nor reparameterizable")
         upstream = Trace()
-        for name in latents[: min(latents.index(n) for n in hard.logits)]:
-            upstream.add_node(name, **{**guide_b.nodes[name],
-                                       "value": guide_b.nodes[name]["value"].detach()})
-        relaxed = []
-        for zs in (hard.z, hard.z_tilde):
-            values = {n: torch.sigmoid(z / self.temperature) for n, z in zs.items()}
-            handler = RebarMessenger(values)
-            with detached_parameters(guide, model) as frozen_guide, \
-                    pyro.validation_enabled(False):
-                m, g = self._trace_pair(
-                    self._vec(model), self._vec(frozen_guide), args, kwargs,
-                    lambda fn, h=handler: poutine.replay(h(fn), trace=upstream))
-            for name, logits in hard.logits.items():
-                if not is_capturing() and not torch.equal(
-                        logits.detach(), handler_logits(g, name).detach()):
+        if hard.logits:
+            for site in latents[: min(latents.index(n) for n in hard.logits)]:
+                upstream.add_node(site, **{**guide_b.nodes[site],
+                                           "value": guide_b.nodes[site]["value"].detach()})
+        return hard, (model_b, guide_b), upstream
+
+    def _stack(self, a, b):
+        """Two per-sample tensors (the K particles first when vectorized) as one with the
+        2K (or 2) stacked copies first."""
+        return torch.cat([a, b]) if self.vectorize_particles else torch.stack([a, b])
+
+    def _halves(self, t):
+        """The two halves of a stacked tensor (inverse of :meth:`_stack`)."""
+        if self.vectorize_particles:
+            k = t.shape[0] // 2
+            return t[:k], t[k:]
+        return t[0], t[1]
+
+    def _relaxed_pair(self, model, guide, args, kwargs, hard, upstream, values):
+        """Model and guide traced once with the Bernoulli sites set to ``values``, the relaxed
+        values at z and at z~ stacked (:meth:`_stack`) in a plate of 2K (or 2) copies, every
+        model and guide parameter detached, the upstream latents replayed (stacked too)."""
+        k = self.num_particles if self.vectorize_particles else 1
+        wrap, nesting = self._stacking_plate(2 * k)
+        stacked = Trace()
+        for name, site in upstream.nodes.items():
+            v = site["value"]
+            if len(site["fn"].batch_shape) == self.max_plate_nesting:  # a full batch shape
+                v = self._stack(v, v)
+            stacked.add_node(name, **{**site, "value": v})
+        handler = RebarMessenger(values)
+        with detached_parameters(guide, model) as frozen_guide, pyro.validation_enabled(False):
+            m, g = self._trace_pair(
+                wrap(model), wrap(frozen_guide), args, kwargs,
+                lambda fn, h=handler: poutine.replay(h(fn), trace=stacked),
+                max_plate_nesting=nesting)
+        for name, logits in hard.logits.items():
+            for half in self._halves(handler_logits(g, name)):
+                if not is_capturing() and not torch.equal(logits.detach(), half.detach()):
                     raise NotImplementedError(
-                        f"REBAR: the logits of Bernoulli site {name!r} depend on another latent "
-                        "drawn after the first Bernoulli site")
-            relaxed.append((m, g))
-        return hard, (model_b, guide_b), relaxed
+                        f"{type(self).__name__}: the logits of Bernoulli site {name!r} depend "
+                        "on another latent drawn after the first Bernoulli site")
+        return m, g
+
+    def _sample(self, model, guide, args, kwargs):
+        hard, traces, upstream = self._hard_sample(model, guide, args, kwargs)
+        if not hard.logits:  # nothing to relax: the reparameterized gradient of f(z)
+            return hard, traces, None
+        lam = self.temperature
+        values = {n: self._stack(torch.sigmoid(hard.z[n] / lam),
+                                 torch.sigmoid(hard.z_tilde[n] / lam)) for n in hard.logits}
+        m, g = self._relaxed_pair(model, guide, args, kwargs, hard, upstream, values)
+        lp, lq, _ = self._parts(m, g)
+        return hard, traces, self._halves(self.eta * (lp - lq) / data_scale(m))
 
     def _particles(self, model, guide, args, kwargs):
-        if self.vectorize_particles and self.max_plate_nesting == float("inf"):
+        if self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
         n = 1 if self.vectorize_particles else self.num_particles
         return [self._sample(model, guide, args, kwargs) for _ in range(n)]
@@ -170,11 +207,8 @@ class REBAR(MultiSampleELBO):
             direct = sum((guide_b.nodes[n]["log_prob"].sum() for n in hard.logits), torch.zeros(()))
             objective = objective + f_b.sum()
             surrogate = surrogate + f_b.sum() + (direct - direct.detach()) / scale
-            if relaxed:
-                c = []
-                for m, g in relaxed:
-                    lp, lq, _ = self._parts(m, g)
-                    c.append(self.eta * (lp - lq) / scale)
+            if relaxed is not None:
+                c = relaxed
                 surrogate = (surrogate + ((f_b.detach() - c[1].detach()) * score).sum()
                              + (c[0] - c[1]).sum())
         k = self.num_particles

@@ -275,14 +275,14 @@ def test_registry_names_aliases_and_flags():
     assert available_objectives() == ["trace", "meanfield", "tracegraph", "enum", "score",
                                       "score-avg", "score-nn", "iwae", "rws", "stl", "dreg", "ws",
                                       "score-loo", "vimco", "arm", "disarm", "gumbel",
-                                      "gumbel-st", "rebar"]
+                                      "gumbel-st", "rebar", "relax"]
     # an alias is the same objective, with the same capability flags
     assert objective_spec("reparam") is objective_spec("trace")
     assert objective_spec("analytic-kl") is objective_spec("meanfield")
     discrete = [n for n in available_objectives() if objective_spec(n).can_infer_discrete]
     assert discrete == ["trace", "tracegraph", "enum", "score", "score-avg", "score-nn", "rws",
                         "stl", "ws", "score-loo", "vimco", "arm", "disarm", "gumbel", "gumbel-st",
-                        "rebar"]
+                        "rebar", "relax"]
     assert comparison_objectives(5) == ["trace", "meanfield", "score", "score-avg", "score-nn",
                                         "iwae-5", "rws-5", "stl", "dreg-5"]
     assert make_objective("rws").elbo.num_particles == 5
