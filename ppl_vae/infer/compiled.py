@@ -229,7 +229,9 @@ class CompiledStep:
         if not is_compilable(objective):
             raise NotCompilable(f"objective {objective.name!r} keeps state between steps")
         self.objective, self.model, self.guide = objective, model, guide
-        self.params = list(params)
+        # a lazy module never called (RELAX's network on a pair without Bernoulli sites)
+        self.params = [p for p in params
+                       if not isinstance(p, torch.nn.parameter.UninitializedParameter)]
         self.modules = [m for m in (model, guide, *modules, *objective.modules.values())
                         if isinstance(m, torch.nn.Module)]
         self.backend = backend

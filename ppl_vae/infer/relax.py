@@ -175,6 +175,9 @@ class RELAX(REBAR):
         control_variate = objective.modules["control_variate"]
     """
 
+    compilable = False  # last_variance, a diagnostic, is state outside the graph
+
+
     def __init__(self, num_particles=1, control_variate=None, variance="parameters",
                  vectorize_particles=True, max_plate_nesting=float("inf"),
                  strict_enumeration_warning=True):
@@ -324,5 +327,5 @@ class RELAX(REBAR):
             self.last_variance = float(variance.detach())
         if torch.is_tensor(surrogate) and surrogate.requires_grad:
             (-surrogate).backward(retain_graph=self.retain_graph)
-        loss = -float(scale * objective / k)
+        loss = -(scale * objective / k).item()
         return loss
