@@ -41,7 +41,7 @@ from ppl_vae.models import SigmoidBeliefNetwork
 from ppl_vae.nn import last_linear
 
 DEFAULT_ESTIMATORS = ["score-avg-2", "score-nn-2", "score-loo-2", "vimco-2", "arm", "disarm",
-                      "gumbel-st-2", "rws-2", "rebar"]
+                      "gumbel-st-2", "rws-2", "rebar", "relax"]
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "binarized_mnist.npz"
 
 
@@ -83,7 +83,10 @@ def objective_for(name: str, x_dim: int):
 
 def train(name, data, args, device):
     model, guide = build(data["train"], args.latent, args.seed, device)
-    svi = SVI(model, guide, objective_for(name, data["train"].shape[1]), lr=args.lr)
+    objective = objective_for(name, data["train"].shape[1])
+    for module in objective.modules.values():  # baselines, control variates: on the device
+        module.to(device)
+    svi = SVI(model, guide, objective, lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed + 1)
     x_eval = data["train"][: args.eval_points]
     rows, seconds = [], 0.0

@@ -95,7 +95,9 @@ class ARM(MultiSampleELBO):
     a hierarchy of Bernoulli layers needs the layer-wise estimator of [1], not offered). Any
     other non-reparameterized site is refused; a guide without Bernoulli sites gets the
     reparameterized gradient averaged over 2K independent samples. Per data point and scaled
-    by the subsampling scale; with K pairs the estimates are averaged (2K model evaluations).
+    by the subsampling scale; with K pairs the estimates are averaged (2K model evaluations:
+    where the guide's first latent is a Bernoulli site, as found on the first call, both
+    members of the pairs are drawn in one trace, a plate of 2K stacked copies; else in two).
     ``loss`` is minus the ELBO estimate averaged over the 2K samples.
 
     :param int num_particles: K, the number of antithetic pairs.

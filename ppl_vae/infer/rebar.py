@@ -80,7 +80,8 @@ class REBAR(MultiSampleELBO):
     to the other gradients); :math:`\theta` and reparameterized continuous sites get
     :math:`\nabla f(b)`, and the direct :math:`\nabla_\phi \log q(b)` term (mean zero) is left
     out, as in :class:`~ppl_vae.infer.arm.ARM`. Three model evaluations per sample, drawn by
-    :class:`RebarMessenger`; latents sampled before the first Bernoulli site are shared by the
+    :class:`RebarMessenger`, in two traces: at :math:`b`, and at the two relaxed points stacked
+    in one plate of copies; latents sampled before the first Bernoulli site are shared by the
     three (replayed); the restrictions are ARM's (a guide without Bernoulli sites gets the
     reparameterized gradient). K samples are averaged.
 

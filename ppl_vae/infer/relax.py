@@ -140,7 +140,8 @@ class RELAX(REBAR):
     :math:`\psi` (double backward through the relaxed evaluations). :math:`\theta` and
     reparameterized continuous sites get :math:`\nabla f(b)`; the direct :math:`\nabla_\phi
     \log q(b)` term (mean zero) is left out; the sites, the replaying of upstream latents and
-    the restrictions are REBAR's. Three model evaluations per sample, K samples averaged; the
+    the restrictions are REBAR's. Three model evaluations per sample (two traces, as REBAR's),
+    K samples averaged; the
     variance objective is that of the K-sample average. ``loss`` is minus the ELBO estimate
     :math:`f(b)` (the hard evaluation only).
 
