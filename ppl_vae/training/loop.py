@@ -179,7 +179,8 @@ def _payload(config, model, guide, svi, epochs_done, metrics, elapsed, x_dim,
         "x_dim": int(x_dim),
         "model": model.state_dict(),
         "guide": guide.state_dict(),
-        "objective_modules": {k: m.state_dict() for k, m in svi.objective.modules.items()},
+        "objective_modules": {k: _initialized(m.state_dict())
+                              for k, m in svi.objective.modules.items()},
         "objective_state": _objective_state(svi.objective),
         "optimizer": svi.state_dict(),
         "epochs_done": int(epochs_done),
@@ -187,6 +188,15 @@ def _payload(config, model, guide, svi, epochs_done, metrics, elapsed, x_dim,
         "elapsed": float(elapsed),
         "interrupted": bool(interrupted),
     }
+
+
+def _initialized(state: dict) -> dict:
+    """A state dict without the parameters of lazy layers never called (RELAX's control network
+    on a pair without Bernoulli sites): they have no value to save, and stay lazy on load."""
+    from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
+
+    return {k: v for k, v in state.items()
+            if not isinstance(v, (UninitializedParameter, UninitializedBuffer))}
 
 
 def _objective_state(objective) -> dict:
@@ -230,7 +240,9 @@ def load_state(model, guide, payload, source="checkpoint", objective_modules=Non
             ) from exc
     for name, module in (objective_modules or {}).items():
         if name in payload.get("objective_modules", {}):
-            module.load_state_dict(payload["objective_modules"][name])
+            module.load_state_dict(payload["objective_modules"][name],
+                                   strict=_initialized(module.state_dict()).keys()
+                                   == module.state_dict().keys())
 
 
 def _resolve_config(config, overrides: dict, resume: bool, ckpt_path):
