@@ -47,14 +47,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path[:0] = [str(HERE.parent), str(HERE)]
 import _common  # noqa: E402
+from _runner import versions  # noqa: E402
 
 VENV_SETS = {"numpyro": (["numpyro", "jax"], "import numpyro, jax"),
              "pythae": (["pythae"], "import pythae")}
@@ -262,13 +262,7 @@ def summarize(row: Row, runs: list[dict]) -> dict:
 def driver_versions(key: str) -> dict:
     """Versions of the packages the project's interpreter runs (ppl_vae rows, the reference)."""
     names = ("ppl-vae", "torch", "pyro-ppl") if key.startswith("ppl_vae") else ("torch",)
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return versions(*names)
 
 
 def _cell(d: dict, stat: str, fmt: str, suffix: str = "") -> str:
