@@ -173,7 +173,7 @@ def test_the_per_point_csv_names_its_checkpoint(run_dir, tmp_path, capsys):
     path = tmp_path / "points.csv"
     assert main(["evaluate", "--run", str(run_dir), "--estimator", "is", "-k", "3",
                  "--limit", "4", "--per-point", str(path), "--json"]) == 0
-    table = pd.read_csv(path)
+    table = pd.read_csv(path, dtype={"run_id": str, "checkpoint_id": str})
     run = load_run(run_dir)
     assert len(table) == 4 and set(table.checkpoint_id) == {run.checkpoint_id}
     assert set(table.run_id) == {run.run_id}
