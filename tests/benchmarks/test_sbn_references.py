@@ -4,30 +4,17 @@ loss and gradients, for every parameter (the control variate's too, for RELAX)."
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pyro
 import pytest
 import torch
+from benchmark_modules import bench
 
 from ppl_vae.guides import BernoulliGuide
 from ppl_vae.infer.objectives import make_objective
 from ppl_vae.models import SigmoidBeliefNetwork
 
 D, J, B, N = 20, 6, 8, 40
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
-
-def bench(name: str):
-    """``benchmarks/NAME.py`` as a module (as in ``test_smoke.py``)."""
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _grads(tensors):

@@ -14,19 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from benchmark_modules import bench
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
 
-
-def bench(name: str):
-    """``benchmarks/NAME.py`` as a module (its folder on ``sys.path``, as when run as a script)."""
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _status() -> str:
