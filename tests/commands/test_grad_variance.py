@@ -78,7 +78,7 @@ def test_grad_variance_table_and_errors(vae_run, capsys, tmp_path):
                  "--draws", "3", "--batch-size", "4", "--csv", str(csv)]) == 0
     out = capsys.readouterr().out
     assert "reparam" in out and "stl" in out
-    table = # ids are hex: "154048881106" or "12e3..." would read as numbers
+    # ids are hex: "154048881106" or "12e3..." would read as numbers
     table = pd.read_csv(csv, dtype={"run_id": str, "checkpoint_id": str})
     assert list(table.objective) == ["reparam", "stl"]
     from ppl_vae.training.runs import load_run
