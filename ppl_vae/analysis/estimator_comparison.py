@@ -5,8 +5,8 @@
 objective (each defines a gradient estimator)
 
 1. measures the gradient statistics of :mod:`ppl_vae.analysis.gradient_variance` at those
-   common initial weights (total variance, SNR, cosine to the reference ``trace``, seconds per
-   gradient) on the first minibatch;
+   common initial weights (total variance, SNR, cosine to and bias against the reference
+   ``trace`` or ``score-avg``, seconds per gradient) on the first minibatch;
 2. trains a copy from the same initial weights with :class:`ppl_vae.infer.svi.SVI` (one fused Adam),
    the same seed and the same sequence of minibatches, for ``steps`` steps;
 3. records, every ``eval_every`` steps, the standard ELBO E_q[log p(x,z) - log q(z|x)] per data
@@ -53,7 +53,9 @@ from ppl_vae.training.loop import estimate_elbo
 __all__ = ["ComparisonResult", "compare_estimators", "plot_comparison", "summary_table"]
 
 GRADIENT_METRICS = ("total_variance", "variance_decoder", "variance_encoder", "snr_median",
-                    "cosine_to_reference", "seconds_per_gradient")
+                    "cosine_to_reference", "bias_norm", "bias_z_max", "bias_z_threshold",
+                    "seconds_per_gradient")
+GRADIENT_LABELS = ("reference", "target", "bias_detected")  # in the summary only: not numbers
 
 
 @dataclass
@@ -217,13 +219,13 @@ def _compare_one(name, g, model0, guide0, train_x, eval_x, batches, bar, **train
             for m in GRADIENT_METRICS if g.get(m) is not None]
     more, row = _train_one(name, copy.deepcopy(model0), copy.deepcopy(guide0), train_x, eval_x,
                            batches, bar=bar, **train_args)
-    return rows + more, {**row, **{m: g.get(m) for m in GRADIENT_METRICS}}
+    return rows + more, {**row, **{m: g.get(m) for m in (*GRADIENT_METRICS, *GRADIENT_LABELS)}}
 
 
 def summary_table(summary: pd.DataFrame, floatfmt: str = ".4g") -> str:
     """A markdown table of the summary (no extra dependency: pandas' to_markdown needs one)."""
     cols = [c for c in ("objective", "total_variance", "variance_encoder", "variance_decoder",
-                        "snr_median", "cosine_to_reference",
+                        "snr_median", "cosine_to_reference", "bias_z_max", "bias_detected",
                         "seconds_per_gradient", "final_elbo", "is_log_likelihood",
                         "seconds_per_step") if c in summary.columns]
 

@@ -1,4 +1,4 @@
-"""Gradient-estimator statistics at fixed parameters: variance, SNR, bias check, cost.
+"""Gradient-estimator statistics at fixed parameters: variance, SNR, bias, cost.
 
 For an estimator g^ of the gradient of an objective (the ELBO, or L_K; the ascent direction,
 i.e. minus what ``loss_and_grads`` leaves in ``.grad``) at fixed parameters (a checkpoint) we draw G
@@ -19,6 +19,35 @@ mean m = (1/G) sum_i g^_i and per-coordinate variance v_d = 1/(G-1) sum_i (g^_id
     few draws a high-variance estimator's mean is itself noisy), and systematically
     below 1 for estimators of a *different* objective's gradient (iwae-K, dreg-K, rws: the IWAE
     bound L_K). The reference's own row has no cosine (it would be 1 by construction);
+``target``
+    the objective whose gradient the estimator estimates, biased or not
+    (:func:`~ppl_vae.infer.objectives.target_of`): ``ELBO``, ``L_5`` for ``iwae-5``,
+    ``dreg-5`` and ``vimco-5``, ``L_5, wake-phi`` for ``rws-5``, ``wake-sleep`` for ``ws``;
+``bias_norm``
+    ||m - m_ref|| / ||m_ref||, the relative distance to the reference's mean gradient. It includes
+    the Monte Carlo error of *both* means, so it is not zero for an unbiased estimator: compare it
+    across estimators at the same G, or read ``bias_z_max``;
+``bias_z_max``
+    max_d |m_d - m_ref,d| / sqrt(v_d / G + v_ref,d / G), the largest per-coordinate difference of
+    the two means in units of its standard error (the draws of the two estimators taken as
+    independent); coordinates with zero standard error and zero difference are left out (zero
+    standard error with a difference gives inf);
+``bias_z_threshold``
+    the noise level of ``bias_z_max``: the q with P(max_d |T_d| > q) <= 0.001
+    (:data:`BIAS_LEVEL`) for D Student-t variables with G - 1 degrees of freedom, D the number
+    of coordinates kept, whatever their dependence (Bonferroni: the two-sided 0.001 / D
+    quantile). G - 1 is the fewest degrees of freedom of Welch's statistic, so the level is
+    conservative under normality; it is asymptotic for the heavy-tailed draws of score-function
+    estimators, and assumes the two estimators' draws are independent (all objectives start
+    from the same seed; draws that share random numbers and are positively correlated make it
+    conservative, negatively correlated ones would not);
+``bias_detected``
+    ``bias_z_max > bias_z_threshold``: for an estimator with the reference's ``target``, a bias
+    beyond its Monte Carlo noise (an unbiased one shows it with probability <= 0.001; False
+    means none was resolved with G draws, not that there is none). None where the targets differ
+    (the L_K estimators against an ELBO reference: their gradient is another objective's, and
+    ``bias_norm`` / ``bias_z_max`` measure how far it is from the ELBO's, not a defect). The
+    reference's own row has None in all four bias columns;
 ``seconds_per_gradient``
     mean wall-clock seconds of one estimate (one ``loss_and_grads`` call, the same code path as
     a training step, minus the optimizer update).
@@ -37,6 +66,7 @@ minibatch, which it never is in training).
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Iterable, Sequence
@@ -49,7 +79,13 @@ from pyro import poutine
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.infer.baselines import AverageBaselineTraceGraph_ELBO
-from ppl_vae.infer.objectives import Objective, make_objective, objective_spec, parse_objective_list
+from ppl_vae.infer.objectives import (
+    Objective,
+    make_objective,
+    objective_spec,
+    parse_objective_list,
+    target_of,
+)
 from ppl_vae.poutine.trace import latent_sites, latent_values, trainable_tensors
 
 __all__ = [
@@ -64,6 +100,7 @@ __all__ = [
 
 GROUPS = ("decoder", "encoder")
 DEFAULT_WARMUP = 300
+BIAS_LEVEL = 1e-3  # at most this probability that an unbiased estimator shows bias_detected
 STAT_KEYS = (
     "total_variance",
     "variance_decoder",
@@ -72,6 +109,12 @@ STAT_KEYS = (
     "snr_median_decoder",
     "snr_median_encoder",
     "cosine_to_reference",
+    "reference",
+    "target",
+    "bias_norm",
+    "bias_z_max",
+    "bias_z_threshold",
+    "bias_detected",
     "mean_gradient_norm",
     "seconds_per_gradient",
     "objective_value",
@@ -192,6 +235,55 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b) / (na * nb)
 
 
+def _t_tail(t: float, nu: int) -> float:
+    """P(|T| > t) for Student's t with ``nu`` >= 1 degrees of freedom, by the finite series of
+    Abramowitz & Stegun 26.7.3-4 (in float64: accurate well below the levels used here)."""
+    theta = math.atan(t / math.sqrt(nu))
+    c2, total, term = math.cos(theta) ** 2, 1.0, 1.0
+    if nu % 2 == 0:
+        for j in range(1, nu // 2):
+            term *= c2 * (2 * j - 1) / (2 * j)
+            total += term
+        return 1.0 - math.sin(theta) * total
+    for j in range(1, (nu - 1) // 2):
+        term *= c2 * (2 * j) / (2 * j + 1)
+        total += term
+    inner = math.sin(theta) * math.cos(theta) * total if nu > 1 else 0.0
+    return 1.0 - 2.0 / math.pi * (theta + inner)
+
+
+def _max_abs_t_level(dims: int, nu: int, level: float = BIAS_LEVEL) -> float:
+    """q with P(max_d |T_d| > q) <= ``level`` for ``dims`` Student-t(``nu``) variables, however
+    dependent (Bonferroni: the two-sided ``level / dims`` quantile), by bisection."""
+    if dims < 1:
+        return float("nan")
+    p, lo, hi = level / dims, 0.0, 1.0
+    while _t_tail(hi, nu) > p:
+        lo, hi = hi, 2.0 * hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _t_tail(mid, nu) > p else (lo, mid)
+    return hi
+
+
+def _bias(acc: _Welford, ref: _Welford | None, same_target: bool) -> dict:
+    """The bias columns of the mean gradient of ``acc`` against the reference's ``ref`` (see the
+    module docstring); all None for the reference itself (``ref`` None)."""
+    if ref is None:
+        return {k: None for k in ("bias_norm", "bias_z_max", "bias_z_threshold",
+                                  "bias_detected")}
+    diff = acc.mean - ref.mean
+    se = (acc.var / acc.n + ref.var / ref.n).sqrt()
+    keep = (se > 0) | (diff != 0)  # zero s.e. with a difference: z = inf
+    z = diff[keep].abs() / se[keep]
+    ref_norm = float(ref.mean.norm())
+    z_max = float(z.max()) if z.numel() else float("nan")
+    threshold = _max_abs_t_level(int(keep.sum()), min(acc.n, ref.n) - 1)
+    return {"bias_norm": float(diff.norm()) / ref_norm if ref_norm > 0 else float("nan"),
+            "bias_z_max": z_max, "bias_z_threshold": threshold,
+            "bias_detected": (z_max > threshold) if same_target and z.numel() else None}
+
+
 def _measure(objective, model, guide, x, groups, draws, warmup, num_data, baseline_lr,
              seed, warmup_data=None, tick=lambda: None) -> dict:
     """Warm up the objective's state, then accumulate ``draws`` gradient estimates."""
@@ -257,10 +349,12 @@ def _objective_for(name, num_particles, options, x_dim, states):
     return objective
 
 
-def _row(m: dict, draws: int, ref_mean, reference: str, is_reference: bool,
+def _row(m: dict, draws: int, ref: dict | None, reference: str, is_reference: bool,
          keep_vectors: bool) -> dict:
-    """The statistics of one measured objective (see the module docstring)."""
+    """The statistics of one measured objective against the measured reference ``ref`` (None
+    where the reference does not apply; see the module docstring)."""
     acc, index = m["acc"], m["index"]
+    ref_mean = None if ref is None else ref["acc"].mean
     mean, var = acc.mean, acc.var
     means = {g: mean[index[g]] for g in GROUPS}
     variances = {g: var[index[g]] for g in GROUPS}
@@ -276,6 +370,9 @@ def _row(m: dict, draws: int, ref_mean, reference: str, is_reference: bool,
         "cosine_to_reference": (None if ref_mean is None or is_reference
                                 else _cosine(mean, ref_mean)),
         "reference": reference if ref_mean is not None else None,
+        "target": m["target"],
+        **_bias(acc, None if ref is None or is_reference else ref["acc"],
+                ref is not None and m["target"] == ref["target"]),
         "mean_gradient_norm": float(mean.norm()),
         "seconds_per_gradient": m["seconds"],
         "objective_value": m["objective"],
@@ -319,8 +416,8 @@ def gradient_statistics(
         each objective's own).
     :param warmup: draws spent warming up stateful estimators (baselines) before measuring;
         default :data:`DEFAULT_WARMUP` (300) for those; stateless estimators need none.
-    :param reference: the objective whose mean gradient the cosines compare to; default
-        ``trace``, or ``score-avg`` where the guide has discrete latents.
+    :param reference: the objective whose mean gradient the cosines and bias columns compare
+        to; default ``trace``, or ``score-avg`` where the guide has discrete latents.
     :param warmup_data: if given (``(N, ...)``, N >= B), the warm-up draws use random minibatches
         of B points from it, as in training, instead of ``x`` itself. This matters for the
         decaying average, which is kept per position in the batch: warmed up on ``x`` it becomes
@@ -368,16 +465,18 @@ def gradient_statistics(
             measured[name] = _measure(objective, model, guide, x, groups, draws, w, num_data,
                                       baseline_lr, seed, warmup_data,
                                       tick=lambda: bar.update(1))
-    ref_mean = measured[reference]["acc"].mean if reference in measured else None
+            measured[name]["target"] = target_of(name, num_particles)
+    ref = measured.get(reference)
     results: dict[str, dict] = {}
     for name in objectives:
         if name in measured:
-            results[name] = _row(measured[name], draws, ref_mean, reference, name == reference,
+            results[name] = _row(measured[name], draws, ref, reference, name == reference,
                                  keep_vectors)
         else:
             results[name] = {"applicable": False,
                              "reason": "needs reparameterizable latents; the guide has discrete "
-                                       "ones", **{k: None for k in STAT_KEYS}}
+                                       "ones", **{k: None for k in STAT_KEYS},
+                             "target": target_of(name, num_particles)}
     return results
 
 

@@ -9,8 +9,8 @@ import math
 from ppl_vae.commands import options as tk
 
 NAME = "grad-variance"
-HELP = ("variance, SNR, agreement with a reference (cosine) and cost of each objective's "
-        "gradient estimator at a checkpoint")
+HELP = ("variance, SNR, agreement with a reference (cosine, bias) and cost of each "
+        "objective's gradient estimator at a checkpoint")
 
 
 def add_arguments(p):
@@ -39,11 +39,24 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _bias_cell(row) -> str:
+    """``yes: z 37.3 > 4.32`` (a bias beyond the noise level), ``no: z 2.1 <= 4.32``,
+    ``reference``, or ``n/a: target L_5`` for an estimator of another objective's gradient."""
+    z, threshold = row["bias_z_max"], row["bias_z_threshold"]
+    if z is None or (isinstance(z, float) and math.isnan(z)):
+        return "reference" if row["objective"] == row["reference"] else "n/a"
+    if row["bias_detected"] is None:
+        return f"n/a: target {row['target']}"
+    if row["bias_detected"]:
+        return f"yes: z {z:.3g} > {threshold:.3g}"
+    return f"no: z {z:.3g} <= {threshold:.3g}"
+
+
 def _print_table(frame, header: str) -> None:
     print(header)
     cols = ["objective", "total_variance", "variance_encoder", "variance_decoder", "snr_median",
             "cosine_to_reference", "seconds_per_gradient"]
-    print("  ".join(f"{c:>20}" for c in cols))
+    print("  ".join(f"{c:>20}" for c in cols) + f"  {'bias':>22}")
     for _, row in frame.iterrows():
         cells = []
         for c in cols:
@@ -52,7 +65,11 @@ def _print_table(frame, header: str) -> None:
                 cells.append(f"{v:>20.4g}")
             else:
                 cells.append(f"{'n/a' if v is None or isinstance(v, float) else v:>20}")
-        print("  ".join(cells))
+        print("  ".join(cells) + f"  {_bias_cell(row):>22}")
+    references = frame.reference.dropna().unique()
+    if len(references):
+        print(f"bias: max over coordinates of |mean - {references[0]}'s mean| / standard error, "
+              "against the level an unbiased estimator exceeds with probability 0.001")
 
 
 def run(args) -> int:

@@ -77,7 +77,10 @@ site is not reparameterizable (a sigmoid belief network's Bernoulli latents). A 
 the particle count of names that take one (``iwae-5``); names without a suffix use the objective's
 default (1, or 5 for ``rws``). Factories reject options they do not take and impossible particle
 counts (``rws-1``). An objective whose gradient is *biased* for its own objective (the relaxed
-estimators) declares ``biased = True`` on its ELBO class, read by :func:`is_biased`. The names
+estimators) declares ``biased = True`` on its ELBO class, read by :func:`is_biased`; what it
+estimates the gradient *of*, biased or not, is the registry's ``target``, read by
+:func:`target_of`: the ELBO, except the L_K estimators (``iwae-K``, ``dreg-K``, ``vimco-K``:
+``L_K``; ``rws-K``: L_K for the model, wake-phi for the guide) and ``ws``. The names
 after ``ws`` (the discrete-latent estimators) are not in the default comparison list
 (``compare=False``); :mod:`benchmarks.sbn_estimators` compares them on the sigmoid belief
 network.
@@ -124,6 +127,7 @@ __all__ = [
     "objective_spec",
     "parse_objective_list",
     "register_objective",
+    "target_of",
 ]
 
 # Pyro's own ELBO classes carry no capability flag; this is what their code does. Trace_ELBO and
@@ -217,7 +221,8 @@ class ObjectiveSpec:
     the ELBO it builds (its capability flags describe the objective). ``takes_k``: the name may
     carry a particle count (``iwae-5``), ``default_particles`` is used without one, and fewer
     than ``min_particles`` is refused. ``compare``: part of the default list of
-    :func:`comparison_objectives`.
+    :func:`comparison_objectives`. ``target``: the objective whose gradient the estimator
+    estimates (``"ELBO"``; ``"L_K"`` with K the particle count; see :func:`target_of`).
     """
 
     name: str
@@ -229,6 +234,7 @@ class ObjectiveSpec:
     default_particles: int = 1
     min_particles: int = 1
     compare: bool = True
+    target: str = "ELBO"
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -251,7 +257,7 @@ _ALIASES: dict[str, str] = {}
 def register_objective(name: str, elbo_class: type, description: str, *,
                        aliases: Sequence[str] = (), takes_k: bool = False,
                        default_particles: int = 1, min_particles: int = 1,
-                       compare: bool = True):
+                       compare: bool = True, target: str = "ELBO"):
     """Decorator registering ``factory(num_particles, vectorize_particles, **options)`` under
     ``name`` and ``aliases``. A name that is already taken raises ``ValueError``."""
 
@@ -260,7 +266,8 @@ def register_objective(name: str, elbo_class: type, description: str, *,
             if n in _REGISTRY or n in _ALIASES:
                 raise ValueError(f"objective name {n!r} is already registered")
         _REGISTRY[name] = ObjectiveSpec(name, factory, elbo_class, description, tuple(aliases),
-                                        takes_k, default_particles, min_particles, compare)
+                                        takes_k, default_particles, min_particles, compare,
+                                        target)
         _ALIASES.update({a: name for a in aliases})
         return factory
 
@@ -297,6 +304,19 @@ def _parse(name: str) -> tuple[ObjectiveSpec, int | None]:
 def objective_spec(name: str) -> ObjectiveSpec:
     """The :class:`ObjectiveSpec` for ``name`` (an alias or ``iwae-5`` resolve to theirs)."""
     return _parse(name)[0]
+
+
+def target_of(name: str, num_particles: int | None = None) -> str:
+    """The objective whose gradient ``name`` estimates (biased or not): ``"ELBO"``, ``"L_5"``
+    for ``iwae-5`` (the registry's ``"L_K"`` with the particle count as
+    :func:`make_objective` resolves it from ``name`` and ``num_particles``; L_1 is the ELBO),
+    ``"L_5, wake-phi"`` for ``rws-5`` (wake-theta ascends L_K, wake-phi ascends no bound),
+    ``"wake-sleep"`` for ``ws``. Two estimators' mean gradients should agree only if their
+    targets are equal."""
+    spec, k = _parse(name)
+    if k is None:
+        k = spec.default_particles if num_particles is None else int(num_particles)
+    return spec.target.replace("L_K", "ELBO" if k == 1 else f"L_{k}")
 
 
 def parse_objective_list(text: str | Sequence[str]) -> list[str]:
@@ -419,14 +439,14 @@ def _score_nn(num_particles, vectorize_particles, x_dim: int | None = None,
 
 @register_objective("iwae", IWAE_ELBO,
                     "importance-weighted bound L_K, K = particles (Burda et al. 2016)",
-                    takes_k=True)
+                    takes_k=True, target="L_K")
 def _iwae(num_particles, vectorize_particles):
     return Objective("iwae", IWAE_ELBO(**elbo_options(num_particles, vectorize_particles)))
 
 
 @register_objective("rws", ReweightedWakeSleep,
                     "reweighted wake-sleep, per-data-point weights (K=5 unless rws-K, K >= 2)",
-                    takes_k=True, default_particles=5, min_particles=2)
+                    takes_k=True, default_particles=5, min_particles=2, target="L_K, wake-phi")
 def _rws(num_particles, vectorize_particles):
     return Objective("rws", ReweightedWakeSleep(num_particles=num_particles,
                                                 vectorize_particles=vectorize_particles))
@@ -440,7 +460,7 @@ def _stl(num_particles, vectorize_particles):
 
 @register_objective("dreg", DReG_ELBO,
                     "doubly-reparameterized IWAE gradient, K = particles (Tucker et al. 2018)",
-                    takes_k=True)
+                    takes_k=True, target="L_K")
 def _dreg(num_particles, vectorize_particles):
     return Objective("dreg", DReG_ELBO(**elbo_options(num_particles, vectorize_particles)))
 
@@ -448,7 +468,7 @@ def _dreg(num_particles, vectorize_particles):
 @register_objective("ws", WakeSleep,
                     "wake-sleep: wake-theta ascends log p(x,z), z ~ q(z|x); sleep-phi ascends "
                     "log q(z|x) on dreams (z,x) ~ p (Hinton et al. 1995)",
-                    aliases=("wake-sleep",), compare=False)
+                    aliases=("wake-sleep",), compare=False, target="wake-sleep")
 def _ws(num_particles, vectorize_particles, observed: str = "x"):
     return Objective("ws", WakeSleep(num_particles=num_particles, observed=observed))
 
@@ -468,7 +488,8 @@ def _score_loo(num_particles, vectorize_particles):
 @register_objective("vimco", VIMCO,
                     "VIMCO: L_K with leave-one-out geometric-mean learning signals (Mnih & "
                     "Rezende 2016); K=2 unless vimco-K",
-                    takes_k=True, default_particles=2, min_particles=2, compare=False)
+                    takes_k=True, default_particles=2, min_particles=2, compare=False,
+                    target="L_K")
 def _vimco(num_particles, vectorize_particles):
     return Objective("vimco", VIMCO(num_particles=num_particles,
                                     vectorize_particles=vectorize_particles))

@@ -1,5 +1,8 @@
 """Gradient statistics at a trained run's parameters (:func:`run_gradient_statistics`) are
-:func:`gradient_statistics` on a fixed, seeded minibatch of the run's split."""
+:func:`gradient_statistics` on a fixed, seeded minibatch of the run's split; the bias columns
+tell a biased estimator from an unbiased one on the small SBN of ``tests/infer``."""
+
+import math
 
 import pytest
 import torch
@@ -7,11 +10,15 @@ import torch
 import ppl_vae
 from ppl_vae import TrainConfig
 from ppl_vae.analysis.gradient_variance import (
+    _max_abs_t_level,
+    _t_tail,
     fixed_minibatch,
     gradient_statistics,
     run_gradient_statistics,
 )
 from ppl_vae.errors import ConfigError
+from ppl_vae.guides import BernoulliGuide
+from ppl_vae.models import SigmoidBeliefNetwork
 
 
 def test_fixed_minibatch_is_seeded():
@@ -34,3 +41,51 @@ def test_run_gradient_statistics_is_gradient_statistics_on_the_minibatch(tiny_di
     for name in ("trace", "iwae-3"):
         assert res[name]["total_variance"] == pytest.approx(ref[name]["total_variance"])
         assert res[name]["objective_value"] == pytest.approx(ref[name]["objective_value"])
+
+
+def test_student_t_tail_and_the_noise_level_of_the_max_abs_z():
+    for t in (0.3, 2.0, 40.0):
+        assert _t_tail(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), rel=1e-9)
+        assert _t_tail(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
+        # t_3: P(|T| < t) = (2 / pi) (atan(t / sqrt 3) + (t / sqrt 3) / (1 + t^2 / 3))
+        a = t / math.sqrt(3)
+        assert _t_tail(t, 3) == pytest.approx(1 - 2 / math.pi * (math.atan(a) + a / (1 + a * a)),
+                                              rel=1e-9)
+        # many degrees of freedom: the normal tail
+        assert _t_tail(min(t, 3.0), 20000) == pytest.approx(
+            math.erfc(min(t, 3.0) / math.sqrt(2)), rel=5e-3)
+    q = _max_abs_t_level(41, 299)
+    assert _t_tail(q, 299) == pytest.approx(1e-3 / 41, rel=1e-9)
+    assert 4.2 < q < 4.6  # ~ the normal 1 - 0.0005 / 41 quantile, 4.22, a little wider
+    assert _max_abs_t_level(41, 4) > 2 * q  # few draws: estimated standard errors, heavy tails
+
+
+def _sbn():
+    """The small sigmoid belief network of tests/infer/test_discrete_estimators.py."""
+    torch.manual_seed(0)
+    model, guide = SigmoidBeliefNetwork(5, 3), BernoulliGuide(5, 3)
+    with torch.no_grad():
+        model.prior_logits.copy_(torch.tensor([0.5, -0.5, 0.2]))
+    x = torch.tensor([[1.0, 0, 1, 1, 0], [0, 0, 1, 0, 1], [1, 1, 1, 0, 0], [0, 1, 0, 1, 1]])
+    return model, guide, x
+
+
+def test_bias_columns_tell_the_relaxation_from_an_unbiased_estimator():
+    """Against score-avg's mean gradient: the binary Concrete at temperature 2 is far beyond
+    the noise level (measured |z| = 39 against 4.3), DisARM is within it (|z| = 2.4), and
+    VIMCO, an unbiased estimator of L_10's gradient, gets no verdict."""
+    model, guide, x = _sbn()
+    stats = gradient_statistics(model, guide, x, ["score-avg", "gumbel", "disarm", "vimco"],
+                                draws=200, num_particles=10, seed=1, warmup=100,
+                                options={"temperature": 2.0})
+    ref = stats["score-avg"]
+    assert ref["reference"] == "score-avg" and ref["target"] == "ELBO"
+    assert all(ref[k] is None for k in ("bias_norm", "bias_z_max", "bias_z_threshold",
+                                        "bias_detected", "cosine_to_reference"))
+    gumbel, disarm, vimco = stats["gumbel"], stats["disarm"], stats["vimco"]
+    assert gumbel["bias_z_threshold"] == disarm["bias_z_threshold"] > 3
+    assert gumbel["bias_z_max"] > gumbel["bias_z_threshold"] and gumbel["bias_detected"] is True
+    assert disarm["bias_z_max"] < disarm["bias_z_threshold"] and disarm["bias_detected"] is False
+    assert gumbel["bias_norm"] > 3 * disarm["bias_norm"]
+    assert vimco["target"] == "L_10" and vimco["bias_detected"] is None
+    assert vimco["bias_z_max"] > vimco["bias_z_threshold"]  # L_10's gradient is not the ELBO's

@@ -11,6 +11,7 @@ import ppl_vae
 from ppl_vae.commands.cli import main
 
 REQUIRED = ("total_variance", "snr_median", "seconds_per_gradient")
+BIAS = ("bias_norm", "bias_z_max", "bias_z_threshold", "bias_detected")
 
 
 def _train(tmp_path_factory, name, **config):
@@ -55,6 +56,16 @@ def test_grad_variance_json(vae_run, capsys):
         assert result[name]["total_variance"] >= 0
         assert result[name]["reference"] == "trace"
     assert result["trace"]["cosine_to_reference"] is None  # the reference itself
+    assert all(result["trace"][k] is None for k in BIAS)
+    # the L_K estimators estimate another objective's gradient: no verdict on their "bias"
+    for name, target in (("iwae-3", "L_3"), ("dreg-3", "L_3"), ("rws-3", "L_3, wake-phi")):
+        assert result[name]["target"] == target
+        assert isinstance(result[name]["bias_z_max"], float)
+        assert result[name]["bias_detected"] is None
+    for name in ("meanfield", "score", "score-avg", "score-nn", "stl"):
+        assert result[name]["target"] == "ELBO"
+        assert isinstance(result[name]["bias_detected"], bool), name
+        assert result[name]["bias_z_threshold"] > 0
     # meanfield estimates the same gradient as trace (analytic KL, less noise)
     assert result["meanfield"]["cosine_to_reference"] > 0.5
     assert result["score"]["total_variance"] > result["trace"]["total_variance"]
@@ -65,7 +76,7 @@ def test_grad_variance_on_a_discrete_model_marks_iwae_not_applicable(sbn_run, ca
                             "iwae-3,score,score-avg,rws", "--draws", "3", "--batch-size", "8",
                             "--warmup", "3", "--json"])
     assert result["iwae-3"]["applicable"] is False
-    assert all(result["iwae-3"][k] is None for k in REQUIRED)
+    assert all(result["iwae-3"][k] is None for k in REQUIRED + BIAS)
     for name in ("score", "score-avg", "rws"):
         assert result[name]["applicable"] is True
         assert result[name]["reference"] == "score-avg"
@@ -78,9 +89,12 @@ def test_grad_variance_table_and_errors(vae_run, capsys, tmp_path):
                  "--draws", "3", "--batch-size", "4", "--csv", str(csv)]) == 0
     out = capsys.readouterr().out
     assert "reparam" in out and "stl" in out
+    assert "bias" in out and "trace's mean" in out  # against the reference, trace
     # ids are hex: "154048881106" or "12e3..." would read as numbers
     table = pd.read_csv(csv, dtype={"run_id": str, "checkpoint_id": str})
     assert list(table.objective) == ["reparam", "stl"]
+    assert {"target", "reference", *BIAS} <= set(table.columns)
+    assert set(table.target) == {"ELBO"} and table.bias_z_max.notna().all()
     from ppl_vae.training.runs import load_run
 
     run = load_run(vae_run)
@@ -108,6 +122,9 @@ def test_compare_estimators_writes_tidy_csv_and_plots(tmp_path, capsys):
         assert (out / png).stat().st_size > 1000
     summary = pd.read_csv(out / "summary.csv")
     assert summary.is_log_likelihood.notna().all()
+    assert {"target", "bias_z_max", "bias_detected"} <= set(summary.columns)
+    assert summary.set_index("objective").loc["dreg-3", "target"] == "L_3"
+    assert {"bias_norm", "bias_z_max"} <= set(tidy.metric)
     captured = capsys.readouterr()
     assert "| reparam |" in captured.out
     # 6 steps: the timings are marked as noise, on stderr and in summary.md

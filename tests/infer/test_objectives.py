@@ -93,6 +93,17 @@ def test_objectives_registered_and_vectorized(pair, name):
     assert obj.elbo.num_particles == 3 and obj.elbo.vectorize_particles
 
 
+def test_target_is_the_objective_whose_gradient_is_estimated():
+    from ppl_vae.infer.objectives import target_of
+
+    for name in ("trace", "reparam", "score-nn", "stl", "disarm-2", "gumbel", "gumbel-st-3",
+                 "iwae-1", "dreg"):  # biased or not, and L_1 is the ELBO
+        assert target_of(name) == "ELBO", name
+    assert target_of("iwae-5") == target_of("dreg", num_particles=5) == "L_5"
+    assert target_of("vimco") == "L_2"  # its default K
+    assert target_of("rws-3") == "L_3, wake-phi" and target_of("ws") == "wake-sleep"
+
+
 def test_unknown_objective_and_bad_particles():
     with pytest.raises(ConfigError, match="unknown objective 'elbo2'"):
         make_objective("elbo2")
