@@ -50,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -168,15 +169,23 @@ def bench_discrete_steps(x, repeats, steps, only=None) -> list[dict]:
     n = x.shape[0]
     gen = torch.Generator().manual_seed(0)
     batches = [x[torch.randperm(n, generator=gen)[:50]] for _ in range(steps)]
+    def make_svi(name, compile=False):
+        torch.manual_seed(0)
+        model, guide = SigmoidBeliefNetwork(784, 200), BernoulliGuide(784, 200)
+        objective = ppl_vae.make_objective(name, x_dim=784)
+        return ppl_vae.SVI(model, guide, objective, lr=1e-4, compile=compile)
+
     rows = []
     for name, grads_fn, args in DISCRETE:
         if only and name not in only:
             continue
-        torch.manual_seed(0)
-        model, guide = SigmoidBeliefNetwork(784, 200), BernoulliGuide(784, 200)
-        objective = ppl_vae.make_objective(name, x_dim=784)
-        svi = ppl_vae.SVI(model, guide, objective, lr=1e-4)
-        sbn = sbn_references.TorchSBN(784, 200).load_pair(model, guide)
+        svi = make_svi(name)
+        compiled = make_svi(name, compile=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a refusal is reported in the row instead
+            for xb in batches[:3]:  # the capture and the Inductor compile: not timed
+                compiled.step(xb, num_data=n)
+        sbn = sbn_references.TorchSBN(784, 200).load_pair(svi.model, svi.guide)
         params = list(sbn.parameters())
         if args is None:
             relax = sbn_references.Relax(784, 200)
@@ -192,9 +201,22 @@ def bench_discrete_steps(x, repeats, steps, only=None) -> list[dict]:
             for xb in batches:
                 sbn_references.step(grads_fn, sbn, opt, xb, n / xb.shape[0], *args)
 
-        times = interleave({"ours": ours, "ref": ref}, repeats)
+        def ours_compiled():
+            for xb in batches:
+                compiled.step(xb, num_data=n)
+
+        runners = {"ours": ours, "ref": ref}
+        if compiled.compile:
+            runners["compiled"] = ours_compiled
+        times = interleave(runners, repeats)
         rows.append(ratio_row(f"{name} step vs hand-written {name} (linear SBN 784-200, "
                               "batch 50)", times, "ours", "ref", per=steps, goal=1.3))
+        if compiled.compile:
+            rows.append(ratio_row(f"{name} compiled step (SVI(compile=True)) vs hand-written "
+                                  f"eager {name}", times, "compiled", "ref", per=steps, goal=1.3))
+        else:
+            rows.append({"target": f"{name} compiled step: not compiled "
+                                   f"({compiled.compile_notice})", "ratio": float("nan")})
     return rows
 
 

@@ -66,7 +66,6 @@ minibatch, which it never is in training).
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from typing import Iterable, Sequence
@@ -235,35 +234,14 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b) / (na * nb)
 
 
-def _t_tail(t: float, nu: int) -> float:
-    """P(|T| > t) for Student's t with ``nu`` >= 1 degrees of freedom, by the finite series of
-    Abramowitz & Stegun 26.7.3-4 (in float64: accurate well below the levels used here)."""
-    theta = math.atan(t / math.sqrt(nu))
-    c2, total, term = math.cos(theta) ** 2, 1.0, 1.0
-    if nu % 2 == 0:
-        for j in range(1, nu // 2):
-            term *= c2 * (2 * j - 1) / (2 * j)
-            total += term
-        return 1.0 - math.sin(theta) * total
-    for j in range(1, (nu - 1) // 2):
-        term *= c2 * (2 * j) / (2 * j + 1)
-        total += term
-    inner = math.sin(theta) * math.cos(theta) * total if nu > 1 else 0.0
-    return 1.0 - 2.0 / math.pi * (theta + inner)
-
-
 def _max_abs_t_level(dims: int, nu: int, level: float = BIAS_LEVEL) -> float:
     """q with P(max_d |T_d| > q) <= ``level`` for ``dims`` Student-t(``nu``) variables, however
-    dependent (Bonferroni: the two-sided ``level / dims`` quantile), by bisection."""
+    dependent (Bonferroni: the two-sided ``level / dims`` quantile)."""
     if dims < 1:
         return float("nan")
-    p, lo, hi = level / dims, 0.0, 1.0
-    while _t_tail(hi, nu) > p:
-        lo, hi = hi, 2.0 * hi
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if _t_tail(mid, nu) > p else (lo, mid)
-    return hi
+    from scipy.stats import t as student_t  # scipy: a dependency of arviz
+
+    return float(student_t.isf(level / dims / 2, nu))
 
 
 def _bias(acc: _Welford, ref: _Welford | None, same_target: bool) -> dict:
