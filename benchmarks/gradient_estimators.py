@@ -135,7 +135,9 @@ def run_one(data, family, args, settings, out_root):
 
 def checkpoint_table(frame: pd.DataFrame) -> str:
     cols = ["objective", "total_variance", "variance_encoder", "variance_decoder", "snr_median",
-            "cosine_to_reference", "seconds_per_gradient"]
+            "cosine_to_reference", "target", "bias_z_max", "bias_z_threshold", "bias_detected",
+            "seconds_per_gradient"]
+    cols = [c for c in cols if c in frame.columns]
 
     def fmt(v, _column):
         if missing(v):
