@@ -228,7 +228,7 @@ def main(argv=None):
         f"{args.threads} thread(s), device {args.device}.\n\n" + "\n".join(lines) + "\n")
     plot(curves, args.out / "train_elbo.png", 3, "training ELBO (nats)", args.batch_size)
     plot(curves, args.out / "encoder_variance.png", 4,
-         f"encoder-gradient variance (mean over coordinates, {args.variance_draws} draws)",
+         f"encoder-gradient variance\n(mean over coordinates, {args.variance_draws} draws)",
          args.batch_size, log=True)
     print("\n".join(lines))
 
