@@ -24,16 +24,16 @@ mean m = (1/G) sum_i g^_i and per-coordinate variance v_d = 1/(G-1) sum_i (g^_id
     (:func:`~ppl_vae.infer.objectives.target_of`): ``ELBO``, ``L_5`` for ``iwae-5``,
     ``dreg-5`` and ``vimco-5``, ``L_5, wake-phi`` for ``rws-5``, ``wake-sleep`` for ``ws``;
 ``bias_norm``
-    ||m - m_ref|| / ||m_ref||, the relative distance to the reference's mean gradient. It includes
-    the Monte Carlo error of *both* means, so it is not zero for an unbiased estimator: compare it
-    across estimators at the same G, or read ``bias_z_max``;
+    ``||m - m_ref|| / ||m_ref||``, the relative distance to the reference's mean gradient. It
+    includes the Monte Carlo error of *both* means, so it is not zero for an unbiased estimator:
+    compare it across estimators at the same G, or read ``bias_z_max``;
 ``bias_z_max``
-    max_d |m_d - m_ref,d| / sqrt(v_d / G + v_ref,d / G), the largest per-coordinate difference of
-    the two means in units of its standard error (the draws of the two estimators taken as
-    independent); coordinates with zero standard error and zero difference are left out (zero
-    standard error with a difference gives inf);
+    ``max_d |m_d - m_ref,d| / sqrt(v_d / G + v_ref,d / G)``, the largest per-coordinate
+    difference of the two means in units of its standard error (the draws of the two
+    estimators taken as independent); coordinates with zero standard error and zero difference
+    are left out (zero standard error with a difference gives inf);
 ``bias_z_threshold``
-    the noise level of ``bias_z_max``: the q with P(max_d |T_d| > q) <= 0.001
+    the noise level of ``bias_z_max``: the q with ``P(max_d |T_d| > q) <= 0.001``
     (:data:`BIAS_LEVEL`) for D Student-t variables with G - 1 degrees of freedom, D the number
     of coordinates kept, whatever their dependence (Bonferroni: the two-sided 0.001 / D
     quantile). G - 1 is the fewest degrees of freedom of Welch's statistic, so the level is
@@ -235,7 +235,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _max_abs_t_level(dims: int, nu: int, level: float = BIAS_LEVEL) -> float:
-    """q with P(max_d |T_d| > q) <= ``level`` for ``dims`` Student-t(``nu``) variables, however
+    """q with ``P(max_d |T_d| > q) <= level`` for ``dims`` Student-t(``nu``) variables, however
     dependent (Bonferroni: the two-sided ``level / dims`` quantile)."""
     if dims < 1:
         return float("nan")
