@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ppl_vae.errors import ConfigError, DataError
+from ppl_vae.nn import exp_log_softplus
 from ppl_vae.poutine.capture import is_capturing
 
 __all__ = ["Likelihood", "BernoulliLikelihood", "LogitBernoulli", "GaussianLikelihood",
@@ -50,13 +51,17 @@ class LogitBernoulli(dist.Bernoulli):
     usual ``-binary_cross_entropy_with_logits(l, x)`` on the support {0, 1}, in two passes over
     the (samples x points x pixels) tensor instead of five — the likelihood is a third of the
     work of evaluating log p(x) by importance sampling. Off the support (grey values, only
-    possible with validation off) it falls back to the cross-entropy x l - softplus(l)."""
+    possible with validation off) it falls back to the cross-entropy x l - softplus(l). While a
+    graph is recorded (:mod:`ppl_vae.infer.compiled`) it is the branch-free x l - softplus(l)
+    with softplus written by :func:`~ppl_vae.nn.exp_log_softplus`, which Inductor compiles to
+    vectorized kernels (``log1p``, inside ``softplus``, is not vectorized on CPU)."""
 
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        if is_capturing() or (
-                value.is_floating_point() and not bool(((value == 0) | (value == 1)).all())):
+        if is_capturing():
+            return value * self.logits - exp_log_softplus(self.logits)
+        if value.is_floating_point() and not bool(((value == 0) | (value == 1)).all()):
             return value * self.logits - F.softplus(self.logits)
         return F.logsigmoid(self.logits * (2 * value - 1))
 

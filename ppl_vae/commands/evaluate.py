@@ -65,6 +65,13 @@ def add_arguments(p):
                    help="data points per chunk (default: sized to bound memory)")
     p.add_argument("--particle-chunk", type=int, default=None, metavar="K",
                    help="samples per chunk (default: sized to bound memory)")
+    p.add_argument("--compile", dest="compile", action="store_const", const=True,
+                   default="auto",
+                   help="is, elbo, naive: record the log weights of a block once and run them "
+                        "through torch.compile (the same random draws; default: when points x "
+                        "K >= 1,000,000)")
+    p.add_argument("--no-compile", dest="compile", action="store_const", const=False,
+                   help="never compile the log weights")
     tk.add_ais(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from ppl_vae.training.distributed import add_arguments as add_distributed_arguments
@@ -95,7 +102,9 @@ def _options(args) -> dict:
 
     options = dict(batch_size=args.batch_size, particle_chunk=args.particle_chunk,
                    progress=not args.no_progress and is_main(), seed=args.seed)
-    if args.estimator == "ais":
+    if args.estimator != "ais":
+        options["compile"] = args.compile
+    else:
         options.update(num_steps=args.anneal_steps, num_leapfrog=args.leapfrog,
                        step_size=args.step_size, init=args.init, schedule=args.schedule)
     return options
@@ -289,6 +298,11 @@ def _print_human(row: dict, warning, csv_path) -> None:
     print(f"Pareto k-hat max {_fmt(row['pareto_k_max'], '.2f')}  "
           f"unreliable (k-hat > {row['pareto_k_threshold']}): {row['num_unreliable']}")
     print(f"seconds {row['seconds']:.2f}  peak RSS {_fmt(row['peak_rss_mb'], '.0f')} MB")
+    if row.get("compiled"):
+        print(f"log weights compiled (torch.compile): {row['compile_seconds']:.1f} s to capture "
+              "and compile, included in the seconds")
+    elif row.get("compile_notice"):
+        print(row["compile_notice"])
     if warning:
         print(warning)
     print(f"appended to {csv_path}")

@@ -309,24 +309,39 @@ class CompiledStep:
 
 
 
-def capture_function(fn, *example, backend: str | None = None):
-    """``fn`` (tensors in, a tuple of tensors out, no randomness, no state) recorded once as a
-    graph of ATen operations and returned as a callable over tensors of the example's shapes.
+def capture_function(fn, *example, backend: str | None = None, random: bool = False):
+    """``fn`` (tensors in, a tuple of tensors out, no state) recorded once as a graph of ATen
+    operations and returned as a callable over tensors of the example's shapes.
 
     Tensors ``fn`` closes over (the model's parameters, the data) are constants of the graph:
-    use the result while they stay fixed (an evaluation); what depends on them alone is
-    computed once, on the first call. ``backend=None`` replays the recorded
+    use the result while they stay fixed (an evaluation). ``backend=None`` replays the recorded
     operations (the same arithmetic as ``fn``, without its Python); ``"inductor"`` compiles them.
+
+    ``random=False``: ``fn`` draws no random numbers, and what depends on the constants alone
+    (the encoder's q(z|x) of fixed data) is computed once, on the first call.
+    ``random=True``: ``fn`` draws from torch's generator (importance sampling's proposals).
+    Nothing is folded (a draw has no tensor inputs, so folding would freeze it), recording
+    leaves the generator's state as it was, and Inductor is told to draw through ATen
+    (``fallback_random``): every call draws the same numbers from the same generator state as
+    ``fn`` would, so seeded streams stay what they are.
+
     Raises :class:`NotCompilable` where ``fn`` decides in Python on a tensor's value.
     """
-    from torch.fx.experimental.const_fold import split_const_subgraphs
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    devices = sorted({t.device for t in example if t.device.type == "cuda"}, key=str)
+    kept = torch.random.fork_rng(devices=devices) if random else contextlib.nullcontext()
     try:
-        with recording(), pyro.validation_enabled(False):
+        with kept, recording(), pyro.validation_enabled(False):
             graph = make_fx(fn)(*example)
     except Exception as exc:
         raise NotCompilable(_refusal(exc)) from None
-    # what depends on the constants alone (the encoder's q(z|x) of fixed data) runs once
-    graph = split_const_subgraphs(graph)
-    return graph if backend is None else torch.compile(graph, backend=backend, dynamic=False)
+    if not random:
+        from torch.fx.experimental.const_fold import split_const_subgraphs
+
+        # what depends on the constants alone (the encoder's q(z|x) of fixed data) runs once
+        graph = split_const_subgraphs(graph)
+    if backend is None:
+        return graph
+    options = {"fallback_random": True} if random and backend == "inductor" else None
+    return torch.compile(graph, backend=backend, dynamic=False, options=options)

@@ -130,6 +130,7 @@ def naive_monte_carlo(
     seed: int | None = None,
     index_offset: int = 0,
     whole_data: bool | None = None,
+    compile: bool | str = "auto",
 ) -> MarginalLikelihoodResult:
     r"""Naive Monte Carlo estimate of :math:`\log p(x)` per data point, the prior as proposal.
 
@@ -171,6 +172,13 @@ def naive_monte_carlo(
         parameter per data point; :func:`~ppl_vae.marginal.model_evidence`); ``None``
         (default): detected by the probe; ``False``: never.
     :type whole_data: bool or None
+    :param compile: run the log weights of whole blocks as one recorded and compiled tensor
+        program (:class:`~ppl_vae.marginal.common.CompiledLogWeights`: the same random draws,
+        the arithmetic fused by Inductor); ``"auto"`` (default): when N x K is at least
+        :data:`~ppl_vae.marginal.common.COMPILE_MIN_ROWS`. A pair that cannot be recorded runs
+        generic with one warning. ``result.info`` then holds ``compiled``,
+        ``compile_seconds`` and ``compile_notice``.
+    :type compile: bool or str
     :returns: per-point ``log_likelihood``, ``stderr``, ``ess``, ``pareto_k``,
         ``log_weight_mean`` and ``log_weight_var`` (shape ``(N,)``), ``estimator="naive"``.
     :rtype: ~ppl_vae.marginal.result.MarginalLikelihoodResult
@@ -210,7 +218,7 @@ def naive_monte_carlo(
         return torch.broadcast_to(lw, (kc, xb.shape[0]))
 
     return run_weights("naive", log_weights, x, k, batch_size, particle_chunk, layout, progress,
-                       return_log_weights, t0, seed, index_offset)
+                       return_log_weights, t0, seed, index_offset, compile)
 
 
 @torch.no_grad()
@@ -229,6 +237,7 @@ def importance_sampling(
     seed: int | None = None,
     index_offset: int = 0,
     whole_data: bool | None = None,
+    compile: bool | str = "auto",
 ) -> MarginalLikelihoodResult:
     r"""Importance sampling estimate of :math:`\log p(x)` per data point, the guide as proposal.
 
@@ -272,6 +281,13 @@ def importance_sampling(
         parameter per data point; :func:`~ppl_vae.marginal.model_evidence`); ``None``
         (default): detected by the probe; ``False``: never.
     :type whole_data: bool or None
+    :param compile: run the log weights of whole blocks as one recorded and compiled tensor
+        program (:class:`~ppl_vae.marginal.common.CompiledLogWeights`: the same random draws,
+        the arithmetic fused by Inductor); ``"auto"`` (default): when N x K is at least
+        :data:`~ppl_vae.marginal.common.COMPILE_MIN_ROWS`. A pair that cannot be recorded runs
+        generic with one warning. ``result.info`` then holds ``compiled``,
+        ``compile_seconds`` and ``compile_notice``.
+    :type compile: bool or str
     :returns: per-point ``log_likelihood``, ``stderr``, ``ess``, ``pareto_k``,
         ``log_weight_mean`` and ``log_weight_var`` (shape ``(N,)``), ``estimator="is"``.
     :rtype: ~ppl_vae.marginal.result.MarginalLikelihoodResult
@@ -317,6 +333,6 @@ def importance_sampling(
         return torch.broadcast_to(lw, (kc, xb.shape[0]))
 
     return run_weights("is", log_weights, x, k, batch_size, particle_chunk, layout, progress,
-                       return_log_weights, t0, seed, index_offset)
+                       return_log_weights, t0, seed, index_offset, compile)
 
 

@@ -215,3 +215,20 @@ def test_an_npz_split_is_read_alone_as_the_run_would_read_it(run_dir, tmp_path, 
     expected.config.data = r.config.data
     assert torch.equal(_split(r, "test", 7), expected.split("test")[:7])
     assert torch.equal(_split(r, "valid"), expected.split("valid"))
+
+
+def test_compile_runs_the_same_estimate_through_torch_compile(run_dir, capsys):
+    """--compile: the same seeded draws through a compiled graph (float32 rounding apart);
+    the default leaves a small evaluation generic; --no-compile never compiles."""
+    common = ["evaluate", "--run", str(run_dir), "--estimator", "is", "--samples", "50",
+              "--limit", "100", "--json", "--no-progress"]
+    compiled = _json(capsys, common + ["--compile"])
+    generic = _json(capsys, common + ["--no-compile"])
+    default = _json(capsys, common)
+    assert compiled["compiled"] is True and compiled["compile_seconds"] > 0
+    assert compiled["log_likelihood"] == pytest.approx(generic["log_likelihood"], abs=1e-4)
+    assert compiled["ess_mean"] == pytest.approx(generic["ess_mean"], rel=1e-3)
+    assert "compiled" not in generic and "compiled" not in default
+    assert default["log_likelihood"] == generic["log_likelihood"]
+    assert main(common[:-2] + ["--compile", "--no-progress"]) == 0
+    assert "log weights compiled (torch.compile)" in capsys.readouterr().out
