@@ -277,8 +277,11 @@ def bench_fresh(run_dir: Path, grid, estimators, repeats, env, tmp, ref_malloc=F
     data and K, interleaved: both the whole process (wall) and the ``seconds`` each prints (the
     estimate alone), as our speed relative to the reference's (higher is better). With
     ``ref_malloc`` also the reference under the allocator settings that evaluate makes itself
-    (``ppl_vae.commands.evaluate.keep_freed_memory``)."""
+    (``ppl_vae.commands.evaluate.keep_freed_memory``). Where the default compiles the log
+    weights (N x K at least ``COMPILE_MIN_ROWS``), also ours with ``--no-compile``; the first
+    compiled process of a machine compiles cold, later ones find Inductor's on-disk cache."""
     from ppl_vae.commands.evaluate import MMAP_THRESHOLD, TRIM_THRESHOLD
+    from ppl_vae.marginal.common import wants_compile
 
     run, weights, data = fresh_inputs(run_dir, tmp)
     malloc_env = {**env, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
@@ -305,12 +308,17 @@ def bench_fresh(run_dir: Path, grid, estimators, repeats, env, tmp, ref_malloc=F
                 return go
 
             runners = {"ours": runner("ours", ours_cmd, env), "ref": runner("ref", ref_cmd, env)}
+            if wants_compile("auto", n * k):  # the default compiles: also time it without
+                inner["ours --no-compile"], rss["ours --no-compile"] = [], []
+                runners["ours --no-compile"] = runner("ours --no-compile",
+                                                      ours_cmd + ["--no-compile"], env)
             if ref_malloc:
                 runners["ref+malloc"] = runner("ref+malloc", ref_cmd, malloc_env)
             wall = interleave(runners, repeats, warmup=False)
             what = f"fresh process, evaluate --estimator {est} N={n} K={k}"
             for refname in [r for r in runners if r != "ours"]:
-                tag = "" if refname == "ref" else " (reference with evaluate's malloc settings)"
+                tag = {"ref": "", "ours --no-compile": " (against ours with --no-compile)"}.get(
+                    refname, " (reference with evaluate's malloc settings)")
                 for kind, times in (("wall", wall), ("JSON seconds", inner)):
                     row = ratio_row(f"{what}: {kind}{tag}", {"ours": times["ours"],
                                                              "ref": times[refname]},
