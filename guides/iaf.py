@@ -36,6 +36,21 @@ from ppl_vae.poutine.plates import data_plate
 __all__ = ["IAFGuide"]
 
 
+class _AffineAutoregressive(AffineAutoregressive):
+    """Pyro's IAF step, whose inverse (log q at a value it did not sample: score-function and
+    wake-phase objectives) starts from zeros of torch's default dtype: run it in the value's
+    dtype, so a float64 guide inverts float64 values."""
+
+    def _inverse(self, y):
+        saved = torch.get_default_dtype()
+        if not y.is_floating_point() or y.dtype == saved:
+            return super()._inverse(y)
+        torch.set_default_dtype(y.dtype)
+        try:
+            return super()._inverse(y)
+        finally:
+            torch.set_default_dtype(saved)
+
 class IAFGuide(PyroModule):
     """Diagonal-Gaussian encoder followed by ``flow_depth`` IAF steps, at site ``"z"``."""
 
@@ -56,7 +71,7 @@ class IAFGuide(PyroModule):
         widths = list(flow_hidden) if flow_hidden else [3 * j + 1]
         self.encoder = MLP([self.x_dim, *hidden, 2 * j], activation)
         self.flows = nn.ModuleList(
-            AffineAutoregressive(AutoRegressiveNN(j, widths)) for _ in range(self.flow_depth))
+            _AffineAutoregressive(AutoRegressiveNN(j, widths)) for _ in range(self.flow_depth))
         self.register_buffer("reverse", torch.arange(j - 1, -1, -1), persistent=False)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -167,6 +167,19 @@ def test_iaf_log_density_matches_the_change_of_variables():
     assert torch.allclose(site["log_prob"], g.distribution(x).log_prob(site["value"]), atol=1e-4)
 
 
+def test_a_float64_iaf_inverts_float64_values():
+    """Pyro's inverse starts from zeros of the default dtype; the guide's runs in the value's."""
+    g = _random_iaf().double()
+    x = torch.rand(2, 8, dtype=torch.float64)
+    d = g.distribution(x)
+    z = d.rsample()
+    for t in g.transforms():  # no cached inverse: log_prob must invert the flow
+        t(torch.randn(2, 3, dtype=torch.float64))
+    got = g.distribution(x).log_prob(z.detach().clone())
+    assert got.dtype == torch.float64 and torch.get_default_dtype() == torch.float32
+    torch.testing.assert_close(got, d.log_prob(z), atol=1e-9, rtol=0)
+
+
 @pytest.mark.parametrize("objective", ["trace", "iwae-4", "dreg-4"])
 def test_iaf_trains_with_sample_and_log_q_objectives(objective):
     torch.manual_seed(0)
