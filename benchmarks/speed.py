@@ -381,13 +381,31 @@ def bench_flops(x, k) -> list[dict]:
     is_gflops = flop / timed(lambda: importance_sampling(model, guide, xs, k, seed=0)) / 1e9
     from ppl_vae.commands.evaluate import keep_freed_memory
 
-    keep_freed_memory()  # what `ppl-vae evaluate` runs under (process-wide: the last row)
+    keep_freed_memory()  # what `ppl-vae evaluate` runs under (process-wide: the last rows)
     importance_sampling(model, guide, xs[:8], k, seed=0)
     tuned = flop / min(timed(lambda: importance_sampling(model, guide, xs, k, seed=0))
                        for _ in range(2)) / 1e9
+    # the compiled paths: SVI(compile=True) after its capture; IS with compile=True on whole
+    # blocks, each call capturing again (a warm Inductor cache after the first: min of 2 calls)
+    model.train(), guide.train()
+    compiled = ppl_vae.SVI(model, guide, "trace", compile=True)
+    for _ in range(3):
+        compiled.step(xb, num_data=len(x))
+    step_c = statistics.median(timed(lambda: compiled.step(xb, num_data=len(x)))
+                               for _ in range(20))
+    model.eval(), guide.eval()
+    xc = x[:1024]
+    flop_c = 2 * (len(xc) * k * dec + len(xc) * (macs - dec))
+    is_c = flop_c / min(timed(lambda: importance_sampling(model, guide, xc, k, seed=0,
+                                                          compile=True)) for _ in range(2)) / 1e9
+    train_c = 3 * 2 * macs * 100 / step_c / 1e9
     return [{"target": "GFLOP/s, 2048^3 matmul", "gflops": peak},
             {"target": "GFLOP/s, training step (trace, batch 100)", "gflops": train_gflops,
              "fraction_of_matmul": train_gflops / peak},
+            {"target": "GFLOP/s, compiled training step (trace, batch 100)", "gflops": train_c,
+             "fraction_of_matmul": train_c / peak},
+            {"target": f"GFLOP/s, IS evaluation compiled (K={k}, 1024 points, capture "
+                       "included)", "gflops": is_c, "fraction_of_matmul": is_c / peak},
             {"target": f"GFLOP/s, IS evaluation (K={k})", "gflops": is_gflops,
              "fraction_of_matmul": is_gflops / peak},
             {"target": f"GFLOP/s, IS evaluation (K={k}), evaluate's malloc settings",
