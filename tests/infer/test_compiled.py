@@ -135,6 +135,64 @@ def test_inductor_matches_generic_with_eager_random_draws(monkeypatch):
     assert step.compile_seconds > 0
 
 
+@pytest.mark.parametrize("name", ["trace", "iwae-3"])
+def test_float32_inductor_step_with_onednn_products_matches_generic(monkeypatch, name):
+    """In float32 the compiled step's matrix products (forward and backward) run through
+    oneDNN's linear; loss and gradients stay the generic path's to float32 rounding."""
+    import torch._inductor.config as inductor_config
+
+    from ppl_vae.infer import compiled
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    rewritten = []
+    original = compiled.onednn_matmuls
+    monkeypatch.setattr(compiled, "onednn_matmuls",
+                        lambda g: rewritten.append(original(g)) or rewritten[-1])
+    model, guide = _pair("vae", name)
+    model, guide = model.float(), guide.float()
+    x = X.float()
+    objective = make_objective(name)
+    params = [*model.parameters(), *guide.parameters()]
+    objective.loss_and_grads(model, guide, x, num_data=60)
+    _zero(params)
+    step = CompiledStep(objective, model, guide, params)
+    step.step(x, num_data=60)
+    if compiled._onednn_available():
+        assert rewritten and rewritten[0] >= 4  # encoder and decoder, forward and backward
+    for seed in (5, 6):
+        _zero(params)
+        torch.manual_seed(seed)
+        expected = objective.loss_and_grads(model, guide, x, num_data=60)
+        expected_grads = _grads(params)
+        _zero(params)
+        torch.manual_seed(seed)
+        assert step.step(x, num_data=60) == pytest.approx(expected, rel=1e-5, abs=1e-4)
+        for got, want in zip(_grads(params), expected_grads):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_onednn_rewrite_touches_float32_cpu_products_only():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from ppl_vae.infer.compiled import _onednn_available, onednn_matmuls
+
+    if not _onednn_available():
+        pytest.skip("torch built without oneDNN")
+    lin = torch.nn.Linear(7, 5)
+
+    def f(a, b, c):  # an addmm and three mm's, one with a transposed operand
+        return lin(a) @ b, a.t() @ (a @ c)
+
+    for dtype, expected in ((torch.float32, 4), (torch.float64, 0)):
+        lin.to(dtype)
+        a, b, c = (torch.randn(*s, dtype=dtype) for s in ((3, 7), (5, 4), (7, 2)))
+        with torch.no_grad():
+            graph = make_fx(f)(a, b, c)
+            assert onednn_matmuls(graph) == expected
+            for got, want in zip(graph(a, b, c), f(a, b, c)):
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def _dynamic_pair():
     """A model with a Python branch on a sampled value: its structure is not static."""
     net = torch.nn.Linear(1, 1)
