@@ -27,6 +27,13 @@ What a capture needs from the objective, and how it gets it:
 * **No hidden state.** An objective whose ELBO keeps Python-side state between steps (a
   decaying-average baseline) declares ``compilable = False`` on its class and is not captured.
 
+Matrix products: with :data:`ONEDNN_PRODUCTS` set (off by default), the float32 CPU products
+of a graph (``aten.mm``, ``aten.addmm``, forward and backward) are rewritten as oneDNN's linear
+before Inductor compiles it (:func:`onednn_matmuls`). torch runs float32 ``mm`` on MKL, whose
+kernels on AMD CPUs reach about half of oneDNN's on a VAE's shapes; but on one pair the
+rewritten step ran 100x slower (oneDNN's linear at 40-50 ms a call) and a long IS run's
+resident memory grew with the number of blocks, neither understood yet, so it is opt-in.
+
 Random numbers: the graph draws them from torch's generator in eager mode; Inductor's kernels
 use their own generator, so a compiled run is as random as the generic one but not the same
 draws for the same seed (``torch._inductor.config.fallback_random = True`` makes them equal, as
@@ -50,7 +57,8 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from ppl_vae.poutine.capture import recording
 
-__all__ = ["CompiledStep", "NotCompilable", "capture_function", "is_compilable"]
+__all__ = ["CompiledStep", "NotCompilable", "capture_function", "is_compilable",
+           "onednn_matmuls"]
 
 
 class NotCompilable(Exception):
@@ -276,7 +284,8 @@ class CompiledStep:
             raise NotCompilable(f"a step writes state outside its loss and gradient "
                                 f"({', '.join(changed[:3])})")
         if self.backend is not None:
-            onednn_matmuls(graph)
+            if ONEDNN_PRODUCTS:
+                onednn_matmuls(graph)
             graph = torch.compile(graph, backend=self.backend, dynamic=False)
         return graph, tensor_kw
 
@@ -344,10 +353,15 @@ def capture_function(fn, *example, backend: str | None = None, random: bool = Fa
         graph = split_const_subgraphs(graph)
     if backend is None:
         return graph
-    onednn_matmuls(graph)
+    if ONEDNN_PRODUCTS:
+        onednn_matmuls(graph)
     options = {"fallback_random": True} if random and backend == "inductor" else None
     return torch.compile(graph, backend=backend, dynamic=False, options=options)
 
+
+#: rewrite the float32 CPU matrix products of compiled graphs as oneDNN's linear (see the
+#: module docstring: faster products on AMD CPUs, but not yet safe to make the default)
+ONEDNN_PRODUCTS = False
 
 _LINEAR = []
 

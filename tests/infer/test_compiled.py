@@ -137,13 +137,15 @@ def test_inductor_matches_generic_with_eager_random_draws(monkeypatch):
 
 @pytest.mark.parametrize("name", ["trace", "iwae-3"])
 def test_float32_inductor_step_with_onednn_products_matches_generic(monkeypatch, name):
-    """In float32 the compiled step's matrix products (forward and backward) run through
-    oneDNN's linear; loss and gradients stay the generic path's to float32 rounding."""
+    """With ONEDNN_PRODUCTS the float32 compiled step's matrix products (forward and backward)
+    run through oneDNN's linear; loss and gradients stay the generic path's to float32
+    rounding."""
     import torch._inductor.config as inductor_config
 
     from ppl_vae.infer import compiled
 
     monkeypatch.setattr(inductor_config, "fallback_random", True)
+    monkeypatch.setattr(compiled, "ONEDNN_PRODUCTS", True)  # opt-in: test what it computes
     rewritten = []
     original = compiled.onednn_matmuls
     monkeypatch.setattr(compiled, "onednn_matmuls",
