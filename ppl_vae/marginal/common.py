@@ -439,9 +439,9 @@ class CompiledLogWeights:
     the same generator state, so the seeded streams are unchanged; the arithmetic is fused, so
     log weights agree with the generic path to float rounding). The first shape is captured at
     once, a later one after it has come back :attr:`capture_after` times (a last, smaller
-    chunk). A pair that cannot be recorded (a Python decision on a value) runs generic from
-    then on, and :attr:`notice` says why. :attr:`seconds`: capture and compile time, with the
-    first call of each graph."""
+    chunk). A pair that cannot be recorded (a Python decision on a value), or a compile that
+    fails, runs generic from then on with one warning, and :attr:`notice` says why.
+    :attr:`seconds`: capture and compile time, with the first call of each graph."""
 
     capture_after = 3
     #: ``"inductor"`` (``torch.compile``) or None: replay the recorded operations (tests)
@@ -467,21 +467,23 @@ class CompiledLogWeights:
         return graph(xb)[0]
 
     def _first_call(self, key, xb, kc):
-        from ppl_vae.infer.compiled import NotCompilable, capture_function
+        from ppl_vae.infer.compiled import capture_function
 
-        start = time.perf_counter()
+        start, rng = time.perf_counter(), torch.get_rng_state()
         try:
             graph = capture_function(lambda t: (self.fn(t, kc),), xb, backend=self.backend,
                                      random=True)
-            out = graph(xb)[0]
-        except NotCompilable as exc:
-            self.notice = f"log weights not compiled: {exc}"
+            out = graph(xb)[0]  # Inductor compiles here
+        except Exception as exc:  # not recordable, or torch.compile failed (no C++ compiler)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            self.notice = f"log weights not compiled: {reason}"
             import warnings
 
             warnings.warn(self.notice, stacklevel=3)
-            return self.fn(xb, kc)
-        finally:
+            torch.set_rng_state(rng)  # the generic block draws what the graph would have
             self.seconds += time.perf_counter() - start
+            return self.fn(xb, kc)
+        self.seconds += time.perf_counter() - start
         self.graphs[key] = graph
         return out
 

@@ -156,3 +156,22 @@ def test_a_later_block_shape_is_recorded_once_it_recurs(replay):
     torch.testing.assert_close(compiled.log_likelihood, generic.log_likelihood, atol=1e-9,
                                rtol=0)
     assert math.isfinite(compiled.info["compile_seconds"])
+
+
+def test_a_failing_compile_falls_back_to_the_same_draws(monkeypatch):
+    """torch.compile failing (e.g. no C++ compiler): one warning, the generic estimate."""
+    import ppl_vae.infer.compiled as compiled
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("InductorError: no working C++ compiler found\ndetails")
+
+    monkeypatch.setattr(compiled, "capture_function", broken)
+    model, guide = _pair("vae")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = importance_sampling(model, guide, X, 50, seed=3, compile=True)
+    notices = [str(w.message) for w in caught if "not compiled" in str(w.message)]
+    assert notices == ["log weights not compiled: InductorError: no working C++ compiler found"]
+    generic = importance_sampling(model, guide, X, 50, seed=3, compile=False)
+    torch.testing.assert_close(result.log_likelihood, generic.log_likelihood, atol=0, rtol=0)
+    assert result.info["compiled"] is False
