@@ -58,11 +58,23 @@ from torch.utils._python_dispatch import _disable_current_modes
 from ppl_vae.poutine.capture import recording
 
 __all__ = ["CompiledStep", "NotCompilable", "capture_function", "is_compilable",
-           "onednn_matmuls"]
+           "onednn_matmuls", "wants_compile"]
 
 
 class NotCompilable(Exception):
     """The objective or the pair cannot be captured; the message says why (one line)."""
+
+
+def wants_compile(compile, work: int, minimum: int) -> bool:
+    """``compile``: True, False, or ``"auto"`` / None (when ``work`` — training steps, log-weight
+    rows — is at least ``minimum``, so that the compile time is repaid)."""
+    if compile in ("auto", None):
+        return work >= minimum
+    if isinstance(compile, str):
+        from ppl_vae.errors import ConfigError
+
+        raise ConfigError(f"compile must be True, False or 'auto', got {compile!r}")
+    return bool(compile)
 
 
 def is_compilable(objective) -> bool:

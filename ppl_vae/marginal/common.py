@@ -493,12 +493,11 @@ class CompiledLogWeights:
 
 
 def wants_compile(compile, rows: int) -> bool:
-    """``compile``: True, False or ``"auto"`` (at least :data:`COMPILE_MIN_ROWS` rows, N x K)."""
-    if compile == "auto":
-        return rows >= COMPILE_MIN_ROWS
-    if not isinstance(compile, bool):
-        raise ConfigError(f"compile must be True, False or 'auto', got {compile!r}")
-    return compile
+    """:func:`ppl_vae.infer.compiled.wants_compile` for ``rows`` = N x K log weights
+    (``"auto"``: at least :data:`COMPILE_MIN_ROWS`)."""
+    from ppl_vae.infer.compiled import wants_compile as wants
+
+    return wants(compile, rows, COMPILE_MIN_ROWS)
 
 
 def run_weights(name, log_weight_fn, x, k, batch_size, particle_chunk, layout, progress,

@@ -304,15 +304,6 @@ class _Loop:
 COMPILE_MIN_STEPS = 5000  # "auto": capture and compile runs of at least this many steps
 
 
-def _wants_compile(compile, steps: int) -> bool:
-    """``compile``: True, False or "auto" (runs of at least COMPILE_MIN_STEPS steps)."""
-    if compile in ("auto", None):
-        return steps >= COMPILE_MIN_STEPS
-    if isinstance(compile, str):
-        raise ConfigError(f"compile must be True, False or 'auto', got {compile!r}")
-    return bool(compile)
-
-
 def _setup(config: TrainConfig, dataset: Dataset, device, compile=False) -> _Loop:
     """Model, guide, objective (KL warm-up handler if asked) and SVI for ``config``, with
     parameters and data on ``device``."""
@@ -334,7 +325,10 @@ def _setup(config: TrainConfig, dataset: Dataset, device, compile=False) -> _Loo
         ((x_train == 0) | (x_train == 1)).all())
     x_valid = dataset.split_for("valid", likelihood) if likelihood is not None else dataset.valid
     bs = min(config.batch_size, x_train.shape[0])
-    svi.compile = _wants_compile(compile, config.epochs * math.ceil(x_train.shape[0] / bs))
+    from ppl_vae.infer.compiled import wants_compile
+
+    svi.compile = wants_compile(compile, config.epochs * math.ceil(x_train.shape[0] / bs),
+                                COMPILE_MIN_STEPS)
     sync = None
     if distributed.world_size() > 1:  # data parallel: start identical, average the gradients
         distributed.broadcast_modules(model, guide, *objective.modules.values())
