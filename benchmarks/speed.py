@@ -277,10 +277,10 @@ def bench_fresh(run_dir: Path, grid, estimators, repeats, env, tmp, ref_malloc=F
     data and K, interleaved: both the whole process (wall) and the ``seconds`` each prints (the
     estimate alone), as our speed relative to the reference's (higher is better). With
     ``ref_malloc`` also the reference under the allocator settings that evaluate makes itself
-    (``ppl_vae.commands.evaluate.keep_freed_memory``). Where the default compiles the log
+    (``ppl_vae.io.memory.keep_freed_memory``). Where the default compiles the log
     weights (N x K at least ``COMPILE_MIN_ROWS``), also ours with ``--no-compile``; the first
     compiled process of a machine compiles cold, later ones find Inductor's on-disk cache."""
-    from ppl_vae.commands.evaluate import MMAP_THRESHOLD, TRIM_THRESHOLD
+    from ppl_vae.io.memory import MMAP_THRESHOLD, TRIM_THRESHOLD
     from ppl_vae.marginal.common import wants_compile
 
     run, weights, data = fresh_inputs(run_dir, tmp)
@@ -379,7 +379,7 @@ def bench_flops(x, k) -> list[dict]:
     dec = 50 * 500 + 500 * 500 + 500 * 784
     flop = 2 * (len(xs) * k * dec + len(xs) * (macs - dec))
     is_gflops = flop / timed(lambda: importance_sampling(model, guide, xs, k, seed=0)) / 1e9
-    from ppl_vae.commands.evaluate import keep_freed_memory
+    from ppl_vae.io.memory import keep_freed_memory
 
     keep_freed_memory()  # what `ppl-vae evaluate` runs under (process-wide: the last rows)
     importance_sampling(model, guide, xs[:8], k, seed=0)

@@ -11,6 +11,7 @@ and rank 0 writes exactly what a single process writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -179,37 +180,10 @@ def _split(r, name: str, limit=None):
     return as_evaluated(x, name, likelihood)
 
 
-#: glibc ``mallopt`` parameters (malloc.h) and the values evaluate sets
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD, TRIM_THRESHOLD = 64 << 20, 1 << 30
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
-
-    Each chunk of an estimate allocates the same tensors of several MB (samples x points x
-    pixels) and frees them; by default glibc serves blocks that large with a fresh ``mmap``
-    (and returns them with ``munmap``), so every chunk pays page faults and the kernel's
-    zeroing of every page — a quarter of the time of importance sampling a VAE on this
-    project's CPU box. Blocks up to ``MMAP_THRESHOLD`` now come from the heap, which is trimmed
-    only above ``TRIM_THRESHOLD`` free: the peak memory is the same (freed blocks are reused),
-    the memory is just not given back before the process ends. Process-wide, so set by the
-    command, not by the library functions. False where it does not apply (not glibc)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # pragma: no cover - no glibc
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-
-
 def run(args) -> int:
     import torch
 
+    from ppl_vae.io.memory import FreedMemoryTrimmer, keep_freed_memory
     from ppl_vae.io.reporting import (
         append_csv,
         check_same_run,
@@ -221,7 +195,7 @@ def run(args) -> int:
     from ppl_vae.training.runs import load_run
 
     _check_args(args)
-    keep_freed_memory()
+    kept = keep_freed_memory()
     device = resolve_device(args.device)
     run_dir = Path(args.run)
     r = load_run(run_dir, map_location=str(device), checkpoint=args.checkpoint)
@@ -231,7 +205,8 @@ def run(args) -> int:
     r.model.to(device), r.guide.to(device)
     check_same_run(run_dir / CSV_NAME, r.run_id)
     x = _split(r, args.split, args.limit)
-    with torch.no_grad():
+    # the heap keeps freed blocks (kept); what fragments is handed back as the estimate runs
+    with torch.no_grad(), (FreedMemoryTrimmer() if kept else contextlib.nullcontext()):
         result = _estimate(r, x.to(device), args)
     if not distributed.is_main():
         return 0

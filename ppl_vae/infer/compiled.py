@@ -49,6 +49,7 @@ a second graph).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 import pyro
@@ -373,7 +374,7 @@ def capture_function(fn, *example, backend: str | None = None, random: bool = Fa
 
 #: rewrite the float32 CPU matrix products of compiled graphs as oneDNN's linear (see the
 #: module docstring: faster products on AMD CPUs, but not yet safe to make the default)
-ONEDNN_PRODUCTS = False
+ONEDNN_PRODUCTS = os.environ.get("PPL_VAE_ONEDNN", "0") == "1"
 
 _LINEAR = []
 
