@@ -32,7 +32,9 @@ of a graph (``aten.mm``, ``aten.addmm``, forward and backward) are rewritten as 
 before Inductor compiles it (:func:`onednn_matmuls`). torch runs float32 ``mm`` on MKL, whose
 kernels on AMD CPUs reach about half of oneDNN's on a VAE's shapes; but on one pair the
 rewritten step ran 100x slower (oneDNN's linear at 40-50 ms a call) and a long IS run's
-resident memory grew with the number of blocks, neither understood yet, so it is opt-in.
+resident memory grew with the number of blocks (heap fragmentation, which ``ppl-vae evaluate``
+now trims: :class:`ppl_vae.io.memory.FreedMemoryTrimmer`), so it is opt-in
+(``PPL_VAE_ONEDNN=1``).
 
 Random numbers: the graph draws them from torch's generator in eager mode; Inductor's kernels
 use their own generator, so a compiled run is as random as the generic one but not the same
