@@ -271,7 +271,8 @@ def fresh_inputs(run_dir: Path, tmp: Path) -> tuple[Path, Path, Path]:
     return copy, weights, data
 
 
-def bench_fresh(run_dir: Path, grid, estimators, repeats, env, tmp, ref_malloc=False):
+def bench_fresh(run_dir: Path, grid, estimators, repeats, env, tmp, ref_malloc=False,
+                other_products=False):
     """``ppl-vae evaluate --estimator E -k K --limit N`` as a fresh process against the
     hand-written evaluator ``references.py evaluate`` as a fresh process, on the same weights,
     data and K, interleaved: both the whole process (wall) and the ``seconds`` each prints (the
@@ -279,13 +280,18 @@ def bench_fresh(run_dir: Path, grid, estimators, repeats, env, tmp, ref_malloc=F
     ``ref_malloc`` also the reference under the allocator settings that evaluate makes itself
     (``ppl_vae.io.memory.keep_freed_memory``). Where the default compiles the log
     weights (N x K at least ``COMPILE_MIN_ROWS``), also ours with ``--no-compile``; the first
-    compiled process of a machine compiles cold, later ones find Inductor's on-disk cache."""
+    compiled process of a machine compiles cold, later ones find Inductor's on-disk cache.
+    With ``other_products`` (and a compiled default) also ours with the other setting of
+    ``PPL_VAE_ONEDNN`` (:data:`ppl_vae.infer.compiled.ONEDNN_PRODUCTS`)."""
+    from ppl_vae.infer.compiled import ONEDNN_PRODUCTS
     from ppl_vae.io.memory import MMAP_THRESHOLD, TRIM_THRESHOLD
     from ppl_vae.marginal.common import wants_compile
 
     run, weights, data = fresh_inputs(run_dir, tmp)
     malloc_env = {**env, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
                   "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+    other = f"PPL_VAE_ONEDNN={0 if ONEDNN_PRODUCTS else 1}"
+    other_env = {**env, "PPL_VAE_ONEDNN": other[-1]}
     rows = []
     for n, k in grid:
         for est in estimators:
@@ -312,12 +318,16 @@ def bench_fresh(run_dir: Path, grid, estimators, repeats, env, tmp, ref_malloc=F
                 inner["ours --no-compile"], rss["ours --no-compile"] = [], []
                 runners["ours --no-compile"] = runner("ours --no-compile",
                                                       ours_cmd + ["--no-compile"], env)
+                if other_products:
+                    inner[f"ours {other}"], rss[f"ours {other}"] = [], []
+                    runners[f"ours {other}"] = runner(f"ours {other}", ours_cmd, other_env)
             if ref_malloc:
                 runners["ref+malloc"] = runner("ref+malloc", ref_cmd, malloc_env)
             wall = interleave(runners, repeats, warmup=False)
             what = f"fresh process, evaluate --estimator {est} N={n} K={k}"
             for refname in [r for r in runners if r != "ours"]:
-                tag = {"ref": "", "ours --no-compile": " (against ours with --no-compile)"}.get(
+                tag = {"ref": "", "ours --no-compile": " (against ours with --no-compile)",
+                       f"ours {other}": f" (against ours with {other})"}.get(
                     refname, " (reference with evaluate's malloc settings)")
                 for kind, times in (("wall", wall), ("JSON seconds", inner)):
                     row = ratio_row(f"{what}: {kind}{tag}", {"ours": times["ours"],
@@ -426,6 +436,8 @@ def main(argv=None) -> int:
     ap.add_argument("--estimators", default="is,naive", help="fresh: estimators")
     ap.add_argument("--ref-malloc", action="store_true",
                     help="fresh: also time the reference with evaluate's malloc settings")
+    ap.add_argument("--other-products", action="store_true",
+                    help="fresh: also time ours with the other setting of PPL_VAE_ONEDNN")
     ap.add_argument("--discrete", default=None,
                     help="with --only discrete: a comma-separated subset of "
                          + ",".join(d[0] for d in DISCRETE))
@@ -472,7 +484,7 @@ def main(argv=None) -> int:
             if args.grid:
                 grid = [tuple(int(v) for v in g.split("x")) for g in args.grid.split(",")]
             rows += bench_fresh(run_dir, grid, args.estimators.split(","), repeats, env, tmp,
-                                args.ref_malloc)
+                                args.ref_malloc, args.other_products)
         if "flops" in only:
             rows += bench_flops(x, k)
     meta = {"threads": torch.get_num_threads(), "torch": torch.__version__,

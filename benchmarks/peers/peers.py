@@ -13,6 +13,9 @@ for ``--only``):
 * ``torch``: the hand-written eager torch reference, ``benchmarks/references.py``.
 * ``numpyro``: NumPyro SVI + ``Trace_ELBO``, a jit-compiled epoch (``run_numpyro.py``).
 * ``pythae``: pythae's ``TrainingPipeline`` with the same networks (``run_pythae.py``).
+* ``ppl_vae-compiled-mkl``, ``ppl_vae-compiled-onednn`` (only with ``--only``): the compiled
+  row with ``PPL_VAE_ONEDNN=0`` / ``1`` (the compiled step's float32 products on MKL or
+  oneDNN, :data:`ppl_vae.infer.compiled.ONEDNN_PRODUCTS`).
 
 NumPyro (with JAX) and pythae are installed into this benchmark's own virtual environment
 (``--venv``, default ``OUT/venv``; reused when it is there), created with
@@ -70,6 +73,8 @@ class Row:
     venv: str | None = None  # the VENV_SETS entry the row needs
     metrics_csv: bool = False  # ppl_vae: read WORK/metrics.csv, not stdout
     unavailable: str | None = None
+    env: dict | None = None  # added to the process's environment
+    opt_in: bool = False  # only with --only
 
 
 # ------------------------------------------------------------------------------------------
@@ -97,6 +102,10 @@ def all_rows() -> list[Row]:
                    metrics_csv=True)
     if not has["--compile"]:
         compiled.unavailable = "pending: ppl-vae train has no --compile flag yet"
+    products = [Row(f"ppl_vae-compiled-{name}", f"ppl_vae compiled, PPL_VAE_ONEDNN={value}",
+                    compiled.argv, metrics_csv=True, unavailable=compiled.unavailable,
+                    env={"PPL_VAE_ONEDNN": value}, opt_in=True)
+                for name, value in (("mkl", "0"), ("onednn", "1"))]
     return [
         Row(BASELINE, "ppl_vae eager" if has["--no-compile"] else "ppl_vae",
             ppl_vae_argv(*(["--no-compile"] if has["--no-compile"] else [])), metrics_csv=True),
@@ -111,17 +120,19 @@ def all_rows() -> list[Row]:
                                                                *runner], venv="numpyro"),
         Row("pythae", "pythae TrainingPipeline (VAE)",
             [str(HERE / "run_pythae.py"), *runner, "--workdir", "WORK"], venv="pythae"),
+        *products,
     ]
 
 
 def select(rows: list[Row], only: str | None, smoke: bool) -> list[Row]:
     keys = [r.key for r in rows]
-    wanted = keys if not only else only.split(",")
+    wanted = [r.key for r in rows if not r.opt_in] if not only else only.split(",")
     unknown = sorted(set(wanted) - set(keys))
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; the rows are {keys}")
     if smoke and not only:
-        wanted = [r.key for r in rows if r.venv is None and r.key != "ppl_vae-compiled"]
+        wanted = [r.key for r in rows
+                  if r.venv is None and not r.key.startswith("ppl_vae-compiled")]
     return [r for r in rows if r.key in wanted]
 
 
@@ -191,7 +202,7 @@ def run_once(row: Row, python: str, data: Path, epochs: int, work: Path, env: di
     cmd = [python, *(fill.get(a, a) for a in row.argv)]
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env={**env, **(row.env or {})}, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     record = {"row": row.key, "wall_s": wall, "rc": proc.returncode, "command": cmd}
     if proc.returncode == 0:

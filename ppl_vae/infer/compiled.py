@@ -27,14 +27,14 @@ What a capture needs from the objective, and how it gets it:
 * **No hidden state.** An objective whose ELBO keeps Python-side state between steps (a
   decaying-average baseline) declares ``compilable = False`` on its class and is not captured.
 
-Matrix products: with :data:`ONEDNN_PRODUCTS` set (off by default), the float32 CPU products
-of a graph (``aten.mm``, ``aten.addmm``, forward and backward) are rewritten as oneDNN's linear
-before Inductor compiles it (:func:`onednn_matmuls`). torch runs float32 ``mm`` on MKL, whose
-kernels on AMD CPUs reach about half of oneDNN's on a VAE's shapes; but on one pair the
-rewritten step ran 100x slower (oneDNN's linear at 40-50 ms a call) and a long IS run's
-resident memory grew with the number of blocks (heap fragmentation, which ``ppl-vae evaluate``
-now trims: :class:`ppl_vae.io.memory.FreedMemoryTrimmer`), so it is opt-in
-(``PPL_VAE_ONEDNN=1``).
+Matrix products: with :data:`ONEDNN_PRODUCTS` set, the float32 CPU products of a graph
+(``aten.mm``, ``aten.addmm``, forward and backward) are rewritten as oneDNN's linear before
+Inductor compiles it (:func:`onednn_matmuls`). torch runs float32 ``mm`` on MKL, whose kernels
+on AMD CPUs reach about half of oneDNN's on a VAE's shapes (on an Intel CPU the two were within
+noise), so it is on by default for AMD CPUs only (:func:`onednn_products_default`);
+``PPL_VAE_ONEDNN=1`` or ``0`` forces it. A long IS run's resident memory grows with oneDNN's
+scratch buffers (glibc heap fragmentation), which ``ppl-vae evaluate`` trims
+(:class:`ppl_vae.io.memory.FreedMemoryTrimmer`).
 
 Random numbers: the graph draws them from torch's generator in eager mode; Inductor's kernels
 use their own generator, so a compiled run is as random as the generic one but not the same
@@ -60,8 +60,8 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from ppl_vae.poutine.capture import recording
 
-__all__ = ["CompiledStep", "NotCompilable", "capture_function", "is_compilable",
-           "onednn_matmuls", "wants_compile"]
+__all__ = ["CompiledStep", "NotCompilable", "capture_function", "cpu_vendor", "is_compilable",
+           "onednn_matmuls", "onednn_products_default", "wants_compile"]
 
 
 class NotCompilable(Exception):
@@ -374,9 +374,39 @@ def capture_function(fn, *example, backend: str | None = None, random: bool = Fa
     return torch.compile(graph, backend=backend, dynamic=False, options=options)
 
 
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The ``vendor_id`` of the first CPU in ``cpuinfo`` (``"AuthenticAMD"``,
+    ``"GenuineIntel"``, ...), or None where the file is missing or names none."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip() or None
+    except OSError:
+        return None
+    return None
+
+
+def onednn_products_default(setting: str | None, vendor: str | None) -> bool:
+    """Whether compiled graphs get oneDNN's products: ``setting`` (``PPL_VAE_ONEDNN``) ``"1"``
+    or ``"0"`` decides; unset, empty or ``"auto"``, on for AMD CPUs only, where MKL's float32
+    kernels reach about half of oneDNN's on a VAE's shapes (on Intel CPUs the two were within
+    noise of each other, see ``docs/speed.md``). Any other value warns, naming the variable, and
+    counts as ``"auto"``."""
+    setting = (setting or "auto").strip().lower()
+    if setting in ("1", "0"):
+        return setting == "1"
+    if setting != "auto":
+        import warnings
+
+        warnings.warn(f"PPL_VAE_ONEDNN={setting!r} is not 0, 1 or auto; using auto",
+                      stacklevel=2)
+    return vendor == "AuthenticAMD"
+
+
 #: rewrite the float32 CPU matrix products of compiled graphs as oneDNN's linear (see the
-#: module docstring: faster products on AMD CPUs, but not yet safe to make the default)
-ONEDNN_PRODUCTS = os.environ.get("PPL_VAE_ONEDNN", "0") == "1"
+#: module docstring): ``PPL_VAE_ONEDNN=1``/``0`` forces it; by default on for AMD CPUs only
+ONEDNN_PRODUCTS = onednn_products_default(os.environ.get("PPL_VAE_ONEDNN"), cpu_vendor())
 
 _LINEAR = []
 

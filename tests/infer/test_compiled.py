@@ -252,3 +252,34 @@ def test_train_reports_the_compiled_step(tmp_path):
     off = train(dict(data="digits", latent_dims=(2,), hidden=(16,), epochs=1, batch_size=64),
                 tmp_path / "off", progress=False, compile=False)
     assert not off.compiled and off.compile_seconds == 0.0
+
+
+@pytest.mark.parametrize("setting, vendor, expected", [
+    (None, "AuthenticAMD", True), (None, "GenuineIntel", False), ("auto", "AuthenticAMD", True),
+    ("", None, False), ("1", "GenuineIntel", True), ("0", "AuthenticAMD", False),
+    (" 1 ", None, True)])
+def test_onednn_products_default_by_setting_and_vendor(setting, vendor, expected):
+    """PPL_VAE_ONEDNN forces the oneDNN products on or off; unset or auto, they are on for AMD
+    CPUs only."""
+    from ppl_vae.infer.compiled import onednn_products_default
+
+    assert onednn_products_default(setting, vendor) is expected
+
+
+def test_onednn_products_default_warns_on_a_bad_setting():
+    from ppl_vae.infer.compiled import onednn_products_default
+
+    with pytest.warns(UserWarning, match="PPL_VAE_ONEDNN='yes'"):
+        assert onednn_products_default("yes", "AuthenticAMD") is True
+
+
+def test_cpu_vendor_reads_the_first_vendor_id(tmp_path):
+    from ppl_vae.infer.compiled import cpu_vendor
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n\n"
+                    "processor\t: 1\nvendor_id\t: GenuineIntel\n")
+    assert cpu_vendor(str(info)) == "AuthenticAMD"
+    info.write_text("processor\t: 0\n")
+    assert cpu_vendor(str(info)) is None
+    assert cpu_vendor(str(tmp_path / "missing")) is None
