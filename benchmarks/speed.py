@@ -51,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -302,8 +303,7 @@ def bench_fresh(run_dir: Path, grid, estimators, repeats, env, tmp, ref_malloc=F
                        "--data", data, "-k", k, "--limit", n, *(["--prior"] if est == "naive"
                                                                else [])]
             ref_cmd = list(map(str, ref_cmd))
-            inner = {"ours": [], "ref": [], "ref+malloc": []}
-            rss = {"ours": [], "ref": [], "ref+malloc": []}
+            inner, rss = defaultdict(list), defaultdict(list)
 
             def runner(name, cmd, e):
                 def go():
@@ -315,11 +315,9 @@ def bench_fresh(run_dir: Path, grid, estimators, repeats, env, tmp, ref_malloc=F
 
             runners = {"ours": runner("ours", ours_cmd, env), "ref": runner("ref", ref_cmd, env)}
             if wants_compile("auto", n * k):  # the default compiles: also time it without
-                inner["ours --no-compile"], rss["ours --no-compile"] = [], []
                 runners["ours --no-compile"] = runner("ours --no-compile",
                                                       ours_cmd + ["--no-compile"], env)
                 if other_products:
-                    inner[f"ours {other}"], rss[f"ours {other}"] = [], []
                     runners[f"ours {other}"] = runner(f"ours {other}", ours_cmd, other_env)
             if ref_malloc:
                 runners["ref+malloc"] = runner("ref+malloc", ref_cmd, malloc_env)
