@@ -70,7 +70,7 @@ def add_arguments(p):
                    default="auto",
                    help="is, elbo, naive: record the log weights of a block once and run them "
                         "through torch.compile (the same random draws; default: when points x "
-                        "K >= 1,000,000)")
+                        "K >= 5,000,000)")
     p.add_argument("--no-compile", dest="compile", action="store_const", const=False,
                    help="never compile the log weights")
     tk.add_ais(p)

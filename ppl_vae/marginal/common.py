@@ -29,10 +29,12 @@ AIS_SCHEDULES = ("geometric", "sigmoid", "linear")
 PARTICLE_BLOCK = 1000
 ROWS_PER_CALL = 8192  # points x samples per call of the seeded path (see point_block)
 STATS_BUDGET = 2**22  # float64 log weights held before they are reduced to per-point statistics
-#: ``compile="auto"``: IS and naive MC compile their log weights when N x K is at least this
-#: (a cold capture and Inductor compile costs 5-10 s; a compiled block of ~8000 rows of the
-#: 784-500-500-50 VAE saves about half of its time on CPU)
-COMPILE_MIN_ROWS = 1_000_000
+#: ``compile="auto"``: IS and naive MC compile their log weights when N x K is at least this.
+#: A cold capture and Inductor compile costs 5-10 s; a compiled block of ~8000 rows of the
+#: 784-500-500-50 VAE saves 15-20% of its time on AMD Zen 4 and Intel Xeon CPUs (so the compile
+#: is repaid from ~3-5 million rows; measured: 0.71-0.93x at 1-2 million, 1.06-1.20x at 10
+#: million) and 30-60% on Zen 5 (repaid below a million). See docs/speed.md.
+COMPILE_MIN_ROWS = 5_000_000
 
 
 
