@@ -6,7 +6,7 @@ no optimizer. It separates what the matrix products cost from what a library add
     python benchmarks/peers/mlp_step.py --library torch-compiled [--profile]
     PEERS_VENV/bin/python benchmarks/peers/mlp_step.py --library jax   # the peers' venv
 
-Prints ms per step (median of 5 rounds of 200 steps, min-max) and GFLOP/s; writes nothing.
+Prints ms per step (median of --rounds 5 of --steps 200, min-max) and GFLOP/s; writes nothing.
 ``--profile`` (torch) adds torch.profiler's time per ``aten::mm`` / ``aten::addmm`` call.
 """
 
@@ -74,6 +74,8 @@ def main(argv=None) -> int:
     ap.add_argument("--library", choices=("torch-eager", "torch-compiled", "jax"),
                     required=True)
     ap.add_argument("--profile", action="store_true", help="torch: time per product call")
+    ap.add_argument("--steps", type=int, default=200, help="steps per round (default 200)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
     args = ap.parse_args(argv)
     if args.library == "jax":
         step, x, wait = jax_step()
@@ -82,12 +84,12 @@ def main(argv=None) -> int:
     for _ in range(3):
         wait(step(x))
     times = []
-    for _ in range(5):
+    for _ in range(args.rounds):
         t = time.perf_counter()
-        for _ in range(200):
+        for _ in range(args.steps):
             out = step(x)
         wait(out)
-        times.append((time.perf_counter() - t) / 200 * 1e3)
+        times.append((time.perf_counter() - t) / args.steps * 1e3)
     m = statistics.median(times)
     print(f"{args.library}: {m:.2f} ms/step ({min(times):.2f}-{max(times):.2f}), "
           f"{FLOPS / m / 1e6:.0f} GFLOP/s")

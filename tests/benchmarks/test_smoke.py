@@ -325,3 +325,14 @@ def test_speed_fresh_times_evaluate_against_the_hand_written_evaluator(tmp_path,
     assert {(r["estimator"], r["measure"]) for r in rows} == {
         ("is", "wall"), ("is", "JSON seconds"), ("naive", "wall"), ("naive", "JSON seconds")}
     assert all(r["ratio"] > 0 and r["ours_peak_rss_mb"] > 0 for r in rows)
+
+
+def test_mlp_step_times_the_bare_networks(capsys):
+    spec = importlib.util.spec_from_file_location("bench_mlp_step", BENCH / "peers" / "mlp_step.py")
+    mlp_step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mlp_step)
+    # forward + the two backward products of each layer, batch 100
+    assert mlp_step.FLOPS == 6 * 100 * (784 * 500 + 2 * 500 * 500 + 500 * 100 + 50 * 500
+                                        + 500 * 784)
+    assert mlp_step.main(["--library", "torch-eager", "--steps", "2", "--rounds", "1"]) == 0
+    assert capsys.readouterr().out.startswith("torch-eager: ")
