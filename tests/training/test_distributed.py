@@ -140,10 +140,14 @@ def test_dead_rank_stops_the_job_and_resume_continues(tmp_path):
     assert ours == ["ppl-vae train: error: worker rank 1 failed (exit code 1); the launcher "
                     "stopped the other workers"], r.stderr[-3000:]
     assert "Traceback" not in r.stderr
-    # rank 0 says in one line which collective failed, or (had the launcher's SIGTERM come
-    # first) that it was interrupted
-    assert ("ppl-vae train: error: [rank 0] all_reduce failed: another worker died" in r.stderr
-            or "interrupted: the last epoch's checkpoint is kept" in r.stderr), r.stderr[-3000:]
+    # rank 0 may say in one line which collective failed, or (had the launcher's SIGTERM come
+    # first) that it was interrupted; the SIGTERM can also end it silently, once its loop has
+    # unwound (seen once in a full suite run), so the launcher's line above is the one promised
+    said = [line for line in r.stderr.splitlines()
+            if "[rank 0]" in line or line.startswith("interrupted")]
+    assert all("all_reduce failed: another worker died" in line
+               or "interrupted: the last epoch's checkpoint is kept" in line
+               for line in said), r.stderr[-3000:]
     payload = load_checkpoint(out)  # epoch 1's checkpoint, intact
     assert payload["epochs_done"] == 1 and not payload["interrupted"]
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
